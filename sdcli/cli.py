@@ -1,0 +1,252 @@
+"""The command line: Typer options -> config -> runner. The one place where errors become exit codes.
+
+Nothing heavy is imported at module level: ``sdcli --help`` and argument errors never load torch.
+Every generating subcommand is built from one option table (``SHARED``) plus its task's own options,
+so the CompVis spellings (``--ddim_steps``, ``--n_samples`` ...) work everywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+import click
+import typer
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, SdcliError
+
+app = typer.Typer(
+    name="sdcli",
+    help="Stable Diffusion from the command line: txt2img and friends on Hugging Face diffusers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)
+watermark_app = typer.Typer(help="Invisible watermark tools.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(watermark_app, name="watermark")
+
+O = typer.Option
+
+
+class Opt:
+    """One command-line option: its Python name, type and typer.Option."""
+
+    def __init__(self, name: str, annotation: Any, option: Any):
+        self.name, self.annotation, self.option = name, annotation, option
+
+
+# Options that are not config keys.
+CONFIG_FILES = Opt("config", Optional[List[str]], O(None, "--config", "-c", help="Run config YAML (repeatable; later wins), a preset name from configs/, or an original LDM inference YAML for a single-file model."))
+SETS = Opt("set_", Optional[List[str]], O(None, "--set", help="Override one config key: --set steps=30 (repeatable)."))
+SHARED = [
+    Opt("prompt", Optional[str], O(None, "--prompt", "-p", help="The prompt (default: the original scripts' one).")),
+    Opt("from_file", Optional[str], O(None, "--from-file", "--from_file", help="Prompt file: .txt (one per line), .jsonl, .yaml or .csv with per-row settings.")),
+    Opt("negative_prompt", Optional[str], O(None, "--negative-prompt", "--negative_prompt", help="What not to draw.")),
+    Opt("repeat", Optional[int], O(None, "--repeat", help="With --from-file: images per line per iteration.")),
+    Opt("model", Optional[str], O(None, "--model", "--ckpt", "-m", help="Hub id, diffusers folder, single .safetensors file, or 'tiny'.")),
+    Opt("model_config", Optional[str], O(None, "--model-config", help="For a single-file model: a local diffusers folder or an LDM inference YAML.")),
+    CONFIG_FILES,
+    SETS,
+    Opt("outdir", Optional[str], O(None, "--outdir", "-o", help="Output folder (default outputs/<task>-samples).")),
+    Opt("steps", Optional[int], O(None, "--steps", "--ddim_steps", "--ddim-steps", help="Denoising steps [50].")),
+    Opt("scale", Optional[float], O(None, "--scale", "--cfg-scale", help="Classifier-free guidance scale [7.5].")),
+    Opt("H", Optional[int], O(None, "--H", "--height", help="Height in pixels, multiple of 8 [model's].")),
+    Opt("W", Optional[int], O(None, "--W", "--width", help="Width in pixels, multiple of 8 [model's].")),
+    Opt("n_samples", Optional[int], O(None, "--n-samples", "--n_samples", help="Batch size [3].")),
+    Opt("n_iter", Optional[int], O(None, "--n-iter", "--n_iter", help="Repeat the whole batch list N times [2].")),
+    Opt("n_rows", Optional[int], O(None, "--n-rows", "--n_rows", help="Images per grid row [n_samples].")),
+    Opt("seed", Optional[int], O(None, "--seed", help="Base seed: image k of the run uses seed+k [42].")),
+    Opt("fixed_code", Optional[bool], O(None, "--fixed-code", "--fixed_code", help="One starting noise for every batch.")),
+    Opt("scheduler", Optional[str], O(None, "--scheduler", "--sampler", help="ddim, pndm/plms, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m, dpm++2m-karras, dpm++sde, unipc, ddpm, deis, or model [ddim].")),
+    Opt("plms", bool, O(False, "--plms", help="Same as --scheduler pndm.")),
+    Opt("dpm", bool, O(False, "--dpm", help="Same as --scheduler dpm++2m.")),
+    Opt("eta", Optional[float], O(None, "--eta", "--ddim_eta", "--ddim-eta", help="DDIM eta (0 = deterministic) [0].")),
+    Opt("device", Optional[str], O(None, "--device", help="auto, cpu, cuda, cuda:N or mps [auto].")),
+    Opt("precision", Optional[str], O(None, "--precision", help="auto, fp32, fp16, bf16 (autocast = auto, full = fp32) [auto].")),
+    Opt("skip_grid", Optional[bool], O(None, "--skip-grid", "--skip_grid", help="Do not write the grid.")),
+    Opt("skip_save", Optional[bool], O(None, "--skip-save", "--skip_save", help="Do not write individual samples.")),
+    Opt("safety_checker", Optional[bool], O(None, "--safety-checker/--no-safety-checker", help="Run the safety checker [on].")),
+    Opt("safety_checker_source", Optional[str], O(None, "--safety-checker-source", help="Folder or hub id of the safety checker [the model's own].")),
+    Opt("watermark", Optional[bool], O(None, "--watermark/--no-watermark", help="Invisible watermark [on].")),
+    Opt("watermark_text", Optional[str], O(None, "--watermark-text", help="Watermark payload [SDV2].")),
+    Opt("allow_unsafe_pickle", Optional[bool], O(None, "--allow-unsafe-pickle", help="Allow .ckpt/.pt pickle checkpoints (they can run code).")),
+    Opt("quiet", Optional[bool], O(None, "--quiet", "-q", help="Only warnings and errors on stderr.")),
+    Opt("dry_run", bool, O(False, "--dry-run", help="Check everything and list the jobs, without loading the model.")),
+    Opt("debug", bool, O(False, "--debug", help="Show tracebacks.")),
+]
+NOT_CONFIG = {"config", "set_", "plms", "dpm", "dry_run", "debug"}
+
+
+def load_config(task: str, values: dict[str, Any]):
+    from . import config
+
+    for flag, name in (("plms", "pndm"), ("dpm", "dpm++2m")):
+        if values.get(flag) and values.get("scheduler") not in (None, name):
+            from .errors import UsageError
+
+            raise UsageError(f"--{flag} and --scheduler {values['scheduler']}: give one of them")
+    flags = {k: v for k, v in values.items() if k not in NOT_CONFIG and v is not None}
+    if values.get("plms"):
+        flags["scheduler"] = "pndm"
+    if values.get("dpm"):
+        flags["scheduler"] = "dpm++2m"
+    return config.load(task, values.get("config"), values.get("set_"), flags)
+
+
+def generate(task: str, values: dict[str, Any]) -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
+    from . import runner
+    from .progress import make_reporter
+
+    cfg = load_config(task, values)
+    p = runner.plan(cfg)
+    reporter = make_reporter(cfg.quiet)
+    if values.get("dry_run"):
+        for job in p.jobs:
+            print(json.dumps({"index": job.index, "prompt": job.prompt, "seed": job.seed, "steps": job.steps,
+                              "scale": job.scale, "W": job.W, "H": job.H, "scheduler": job.scheduler}))
+        reporter.info(f"dry run: {len(p.jobs)} image(s) in {len(p.batches)} batch(es) into {p.outdir}, "
+                      f"model {p.source.name} ({p.source.kind})")
+        return
+    summary = runner.run(p, reporter)
+    extra = f", {summary.flagged} flagged by the safety checker" if summary.flagged else ""
+    reporter.info(f"done: {summary.generated} image(s){extra} in {summary.seconds:.1f}s; "
+                  f"samples in {summary.outdir}{', grid ' + summary.grid if summary.grid else ''}")
+
+
+def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> None:
+    """Register ``sdcli TASK`` with the shared options plus the task's own."""
+    opts = [*SHARED, *extra]
+
+    def command(**values: Any) -> None:
+        generate(task, values)
+
+    command.__signature__ = inspect.Signature(
+        [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.option, annotation=o.annotation)
+         for o in opts])
+    command.__annotations__ = {o.name: o.annotation for o in opts}
+    command.__doc__ = help_text
+    app.command(task, help=help_text, no_args_is_help=False)(command)
+
+
+add_generating_command("txt2img", "Generate images from text prompts (CompVis scripts/txt2img.py options accepted).")
+
+
+@config_app.command("show")
+def config_show(
+    task: str = O("txt2img", "--task", "-t", help="Subcommand whose config to show."),
+    config: Optional[List[str]] = CONFIG_FILES.option,
+    set_: Optional[List[str]] = SETS.option,
+) -> None:
+    """Print the resolved config (defaults < --config files < --set) as YAML."""
+    from . import config as config_mod
+    from .tasks import get
+
+    get(task)
+    cfg = config_mod.load(task, config, set_, {})
+    sys.stdout.write(config_mod.to_yaml(cfg))
+
+
+@watermark_app.command("decode")
+def watermark_decode(
+    images: List[str] = typer.Argument(..., help="Images to read."),
+    length: Optional[int] = O(None, "--length", help="Payload length in bytes [from the image's metadata, else 4]."),
+) -> None:
+    """Print the invisible watermark payload of each image."""
+    from . import postprocess
+    from .errors import UsageError
+    from .outputs import read_png_text
+
+    for path in images:
+        text = read_png_text(path)
+        n = length
+        if n is None:
+            try:
+                n = len((json.loads(text.get("sdcli", "{}")).get("watermark") or "SDV2").encode())
+            except ValueError:
+                n = 4
+        if n < 1 or n > 64:
+            raise UsageError(f"--length {n}: must be between 1 and 64 bytes")
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if not postprocess.can_watermark(*im.size):
+                raise UsageError(f"{path}: {im.size[0]}x{im.size[1]} is under 256x256 and cannot carry a watermark")
+            payload = postprocess.decode_watermark(im, n)
+        print(f"{path}: {payload.decode('utf-8', errors='replace')}")
+
+
+@app.command("info")
+def info(images: List[str] = typer.Argument(..., help="Images to read.")) -> None:
+    """Print the generation metadata stored in each image."""
+    from .outputs import read_png_text
+
+    for path in images:
+        text = read_png_text(path)
+        if "parameters" not in text and "sdcli" not in text:
+            print(f"{path}: no sdcli or A1111 metadata")
+            continue
+        print(f"== {path}")
+        if text.get("parameters"):
+            print(text["parameters"])
+        if text.get("sdcli"):
+            print(json.dumps(json.loads(text["sdcli"]), indent=2, ensure_ascii=False))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sdcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = O(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    """Stable Diffusion from the command line."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI; return the exit code. Errors become one line on stderr (tracebacks only with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("SDCLI_DEBUG") == "1"
+    try:
+        rv = app(args=args, prog_name="sdcli", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.NoArgsIsHelpError as e:  # a bare group: show its help, as --help would
+        click.echo(e.ctx.get_help())
+        return 0
+    except click.ClickException as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+        print(f"sdcli: error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
+        return e.exit_code if e.exit_code != 1 else EXIT_USAGE
+    except SdcliError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"sdcli: error: {_one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("sdcli: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug, or an environment problem we did not foresee
+        if debug:
+            raise
+        print(f"sdcli: error: {type(e).__name__}: {_one_line(str(e))[:500]} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The run configuration: one typed schema holding every default, and its load/merge/validate.
+
+Precedence, lowest first: schema defaults < ``--config`` YAML files (in order) < ``--set key=value``
+dot-lists < explicit command-line flags. Per-row values in a prompt file override the result for that
+row only (``prompts.py``). Nothing here imports torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UsageError
+
+# Canonical scheduler names -> (diffusers class, extra from_config kwargs, A1111 sampler name).
+SCHEDULERS: dict[str, tuple[str, dict, str]] = {
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "dpm2": ("KDPM2DiscreteScheduler", {}, "DPM2"),
+    "dpm2-a": ("KDPM2AncestralDiscreteScheduler", {}, "DPM2 a"),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    "dpm++sde": ("DPMSolverSinglestepScheduler", {}, "DPM++ SDE"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+    "deis": ("DEISMultistepScheduler", {}, "DEIS"),
+}
+SCHEDULER_ALIASES = {"plms": "pndm", "euler_a": "euler-a", "euler-ancestral": "euler-a", "dpmpp2m": "dpm++2m",
+                     "dpm++2m_karras": "dpm++2m-karras", "dpm": "dpm++2m"}
+# "model" keeps the scheduler the model was saved with.
+SCHEDULER_CHOICES = ["model", *SCHEDULERS, *SCHEDULER_ALIASES]
+
+PRECISIONS = {"auto": "auto", "autocast": "auto", "fp32": "fp32", "full": "fp32", "float32": "fp32",
+              "fp16": "fp16", "half": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+MAX_SIDE = 4096
+MAX_BATCH = 64
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a generating run, with its default. YAML keys and ``--set`` keys are these names."""
+
+    # What to run
+    task: str = "txt2img"
+    model: Optional[str] = None  # hub id, diffusers folder, single .safetensors, or "tiny"; None: the task's default
+    model_config: Optional[str] = None  # for a single-file model: local diffusers folder or original LDM YAML
+    allow_unsafe_pickle: bool = False  # allow loading .ckpt/.pt pickles (can run arbitrary code!)
+
+    # Prompts
+    prompt: Optional[str] = None  # None (and no from_file): the original scripts' default prompt
+    from_file: Optional[str] = None
+    negative_prompt: str = ""
+    repeat: int = 1  # with from_file: repeat each line this many times
+
+    # Sampling
+    steps: int = 50
+    scale: float = 7.5
+    H: Optional[int] = None  # None: the model's default size
+    W: Optional[int] = None
+    n_samples: int = 3  # batch size
+    n_iter: int = 2
+    n_rows: int = 0  # images per grid row; 0: n_samples
+    seed: int = 42
+    fixed_code: bool = False
+    scheduler: str = "ddim"
+    eta: float = 0.0
+
+    # Where to run
+    device: str = "auto"
+    precision: str = "auto"
+
+    # Outputs
+    outdir: Optional[str] = None  # None: outputs/<task>-samples
+    skip_grid: bool = False
+    skip_save: bool = False
+
+    # Safety checker and watermark
+    safety_checker: bool = True
+    safety_checker_source: Optional[str] = None  # None: the model's own safety_checker/
+    watermark: bool = True
+    watermark_text: str = "SDV2"
+
+    # Terminal
+    quiet: bool = False
+
+    def sampler_name(self) -> str:
+        return "Model default" if self.scheduler == "model" else SCHEDULERS[self.scheduler][2]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# Keys of a prompt-file row that override the config for that row.
+ROW_KEYS = {"prompt", "negative_prompt", "seed", "steps", "scale", "W", "H", "scheduler", "eta"}
+ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": "scale", "negative": "negative_prompt"}
+
+
+def suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_keys(data: dict, where: str, allowed=FIELDS) -> None:
+    for key in data:
+        if key not in allowed:
+            raise UsageError(f"{where}: unknown key '{key}'{suggest(str(key), allowed)}")
+
+
+def is_ldm_config(data: Any) -> bool:
+    """An original LDM/CompVis inference YAML (model: {target: ..., params: ...})."""
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and "target" in data["model"]
+
+
+def read_yaml(path: str) -> Any:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path}: no such file; give the path of a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"--config {path}: invalid YAML{at}; fix the syntax") from None
+
+
+def presets_dir() -> Path:
+    """Presets shipped in configs/: the source tree's, or the installed copy in <prefix>/share/sdcli."""
+    import sys
+
+    source = Path(__file__).parent.parent / "configs"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "sdcli" / "configs"
+
+
+def find_config(name: str) -> str:
+    """A --config value: a path, or the name of a shipped preset (``sd15`` -> configs/sd15.yaml)."""
+    if Path(name).exists() or "/" in name or name.endswith((".yaml", ".yml")):
+        return name
+    preset = presets_dir() / f"{name}.yaml"
+    if preset.is_file():
+        return str(preset)
+    names = sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    raise UsageError(f"--config {name}: no such file or preset{suggest(name, names)}; presets: {', '.join(names)}")
+
+
+def _merge(base, data: dict, where: str):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_keys(data, where)
+    try:
+        return OmegaConf.merge(base, data)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        value = data.get(key, "") if isinstance(key, str) else ""
+        ftype = FIELDS[key].type if key in FIELDS else "the right type"
+        raise UsageError(f"{where}: key '{key}': invalid value {value!r} (expected {ftype})") from None
+
+
+def load(
+    task: str,
+    config_files: list[str] | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge defaults, YAML files, ``--set`` dot-lists and explicit flags into a validated RunConfig.
+
+    An original LDM inference YAML among ``config_files`` is not merged: it becomes ``model_config``.
+    """
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.structured(RunConfig(task=task))
+    ldm_config = None
+    for name in config_files or []:
+        path = find_config(name)
+        data = read_yaml(path)
+        if data is None:
+            continue
+        if is_ldm_config(data):
+            ldm_config = path
+            continue
+        if not isinstance(data, dict):
+            raise UsageError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+        if data.get("task", task) == task:
+            data.pop("task", None)
+        conf = _merge(conf, data, f"--config {path}")
+    for item in sets or []:
+        if "=" not in item:
+            raise UsageError(f"--set {item}: expected key=value, e.g. --set steps=30")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        try:
+            parsed = OmegaConf.from_dotlist([f"{key}={raw}"])
+        except Exception:
+            raise UsageError(f"--set {item}: cannot parse it; expected key=value") from None
+        conf = _merge(conf, OmegaConf.to_container(parsed), f"--set {item}")
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    if ldm_config and "model_config" not in explicit:
+        explicit["model_config"] = ldm_config
+    conf = _merge(conf, explicit, "command line")
+    try:
+        cfg: RunConfig = OmegaConf.to_object(conf)
+    except Exception as e:  # an unresolvable ${...} interpolation, for one
+        raise UsageError(f"config: {str(e).splitlines()[0]}") from None
+    if cfg.task != task:
+        raise UsageError(f"config: task '{cfg.task}' does not match the subcommand '{task}'; remove the task key")
+    return validate(cfg)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def check_size(name: str, value: Optional[int]) -> None:
+    if value is None:
+        return
+    _require(8 <= value <= MAX_SIDE, f"--{name} {value}: must be between 8 and {MAX_SIDE} pixels")
+    _require(value % 8 == 0, f"--{name} {value}: must be a multiple of 8 (e.g. {max(8, value // 8 * 8)})")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value that can be checked without files or models; normalise aliases. Pure."""
+    cfg.scheduler = SCHEDULER_ALIASES.get(cfg.scheduler.lower(), cfg.scheduler.lower())
+    _require(cfg.scheduler in SCHEDULERS or cfg.scheduler == "model",
+             f"--scheduler {cfg.scheduler}: unknown scheduler{suggest(cfg.scheduler, SCHEDULER_CHOICES)}; "
+             f"choose one of: model, {', '.join(SCHEDULERS)}")
+    precision = PRECISIONS.get(cfg.precision.lower())
+    _require(precision is not None, f"--precision {cfg.precision}: unknown; choose auto, fp32, fp16 or bf16")
+    cfg.precision = precision
+    cfg.device = cfg.device.lower()
+    _require(bool(DEVICE_RE.match(cfg.device)), f"--device {cfg.device}: unknown; choose auto, cpu, cuda, cuda:N or mps")
+    _require(1 <= cfg.steps <= MAX_STEPS, f"--steps {cfg.steps}: must be between 1 and {MAX_STEPS}")
+    _require(0 <= cfg.scale <= 100, f"--scale {cfg.scale}: must be between 0 and 100")
+    check_size("H", cfg.H)
+    check_size("W", cfg.W)
+    _require(1 <= cfg.n_samples <= MAX_BATCH, f"--n_samples {cfg.n_samples}: must be between 1 and {MAX_BATCH}")
+    _require(1 <= cfg.n_iter <= 100000, f"--n_iter {cfg.n_iter}: must be between 1 and 100000")
+    _require(0 <= cfg.n_rows <= 1000, f"--n_rows {cfg.n_rows}: must be between 0 and 1000")
+    _require(1 <= cfg.repeat <= 10000, f"--repeat {cfg.repeat}: must be between 1 and 10000")
+    _require(0 <= cfg.seed <= MAX_SEED, f"--seed {cfg.seed}: must be between 0 and {MAX_SEED}")
+    _require(0.0 <= cfg.eta <= 1.0, f"--eta {cfg.eta}: must be between 0 and 1")
+    _require(not (cfg.prompt is not None and cfg.from_file is not None),
+             "--prompt and --from-file: give one of them, not both")
+    if cfg.watermark:
+        payload = cfg.watermark_text.encode("utf-8")
+        _require(1 <= len(payload) <= 64, f"--watermark-text {cfg.watermark_text!r}: must be 1 to 64 bytes")
+    _require(cfg.outdir != "", "--outdir: must not be empty")
+    _require(cfg.model != "", "--model: must not be empty")
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)

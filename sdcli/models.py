@@ -1,0 +1,198 @@
+"""Model sources, device, dtype and scheduler -> a loaded diffusers pipeline.
+
+``resolve_source`` runs before anything heavy is imported, so a missing folder, a refused pickle or an
+uncached hub id while offline is reported at once. Device and dtype logic lives here only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import SCHEDULERS, RunConfig
+from .errors import ModelUnavailable, UsageError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "folder", "single_file" or "hub"
+    location: str  # folder path, file path or hub id
+    name: str  # what metadata calls the model
+    config: Optional[str] = None  # single file: local diffusers folder or original LDM YAML
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
+    """Decide what ``--model`` names, checking what can be checked without loading anything."""
+    if model == "tiny":
+        from . import tiny
+
+        return Source("folder", str(tiny.ensure(task)), "tiny")
+    path = Path(model).expanduser()
+    looks_like_path = path.is_absolute() or model.startswith((".", "~"))
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelUnavailable(
+                f"--model {model}: folder has no model_index.json; give a diffusers model folder "
+                "(saved with save_pretrained) or a single .safetensors file")
+        return Source("folder", str(path.resolve()), path.resolve().name)
+    if model.lower().endswith(SINGLE_FILE_SUFFIXES) or path.is_file():
+        if not path.is_file():
+            raise ModelUnavailable(f"--model {model}: no such file")
+        if model.lower().endswith(PICKLE_SUFFIXES) and not cfg.allow_unsafe_pickle:
+            raise UsageError(
+                f"--model {model}: a pickle checkpoint can run arbitrary code when loaded; convert it to "
+                ".safetensors, or pass --allow-unsafe-pickle if you trust its source")
+        if not model.lower().endswith(SINGLE_FILE_SUFFIXES):
+            raise UsageError(f"--model {model}: not a model file; give a .safetensors file or a diffusers folder")
+        if cfg.model_config is None:
+            raise UsageError(
+                f"--model {model}: a single-file checkpoint needs --model-config (a local diffusers folder of the "
+                "same architecture) or --config with the original LDM inference YAML")
+        cpath = Path(cfg.model_config).expanduser()
+        if not (cpath.is_dir() and (cpath / "model_index.json").is_file()
+                or cpath.is_file() and cpath.suffix.lower() in (".yaml", ".yml")):
+            raise UsageError(
+                f"--model-config {cfg.model_config}: expected a diffusers folder with model_index.json "
+                "or an original LDM inference .yaml file")
+        return Source("single_file", str(path.resolve()), path.stem, str(cpath.resolve()))
+    if looks_like_path or not REPO_ID_RE.match(model) or model.count("/") > 1:
+        raise ModelUnavailable(f"--model {model}: no such folder or file, and not a hub id (owner/name)")
+    if offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+            raise ModelUnavailable(
+                f"--model {model}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it once "
+                "online (or unset HF_HUB_OFFLINE), or give a local folder")
+    return Source("hub", model, model)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                             "use --device cpu or --device auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError("--device mps: Apple MPS is not available here; use --device cpu or --device auto")
+    return name
+
+
+def resolve_dtype(precision: str, device: str):
+    """auto: fp16 on CUDA, fp32 elsewhere. fp16 on CPU is refused: most CPU kernels lack it."""
+    import torch
+
+    if precision == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if precision == "fp16" and device == "cpu":
+        raise UsageError("--precision fp16: half precision is not supported on the CPU; use fp32 (or bf16)")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars and info logs: sdcli reports progress itself."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub.utils
+
+    huggingface_hub.utils.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
+
+
+def _accepted(cls, kwargs: dict) -> dict:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in kwargs.items() if k == "dtype" or k in params}
+
+
+def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: RunConfig):
+    """Load the pipeline (without its built-in safety checker: postprocess runs the checker for all tasks)."""
+    quiet_libraries()
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class)
+    kwargs = _accepted(cls, dict(dtype=dtype, safety_checker=None, requires_safety_checker=False))
+    try:
+        if source.kind == "single_file":
+            if not hasattr(cls, "from_single_file"):
+                raise UsageError(f"--model {source.location}: {pipeline_class} cannot load a single-file "
+                                 "checkpoint; give a diffusers folder")
+            if source.config.lower().endswith((".yaml", ".yml")):
+                kwargs["original_config"] = source.config
+            else:
+                kwargs["config"] = source.config
+            pipe = cls.from_single_file(source.location, local_files_only=True, **kwargs)
+        else:
+            if not cfg.allow_unsafe_pickle:
+                kwargs["use_safetensors"] = True
+            pipe = cls.from_pretrained(source.location, local_files_only=source.kind == "folder" or offline(),
+                                       **kwargs)
+    except (UsageError, ModelUnavailable):
+        raise
+    except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError with long texts
+        raise ModelUnavailable(f"--model {source.location}: cannot load it as {pipeline_class}: "
+                               f"{_first_line(e)}") from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def make_scheduler(name: str, base_config: Any):
+    """A scheduler by canonical name, built from the model's own scheduler config.
+
+    Options the model's config does not state keep the model's intent: clip_sample stays off (the SD
+    releases ship a PNDM config without it, and DDIM would turn it on).
+    """
+    import diffusers
+
+    if name == "model":
+        return None
+    cls_name, extra, _ = SCHEDULERS[name]
+    cls = getattr(diffusers, cls_name)
+    kwargs = dict(extra)
+    config = dict(base_config)
+    kwargs.setdefault("clip_sample", config.get("clip_sample", False))
+    return cls.from_config(config, **kwargs)
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """The model's native size (W, H): UNet sample size x VAE scale factor."""
+    size = pipe.unet.config.sample_size
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    h, w = (size, size) if isinstance(size, int) else size
+    return w * factor, h * factor

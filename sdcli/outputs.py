@@ -1,0 +1,193 @@
+"""Output folder layout, atomic no-overwrite writes, grids, PNG metadata and the manifest.
+
+Layout (as the original scripts): ``OUTDIR/samples/NNNNN.png``, ``OUTDIR/grid-NNNN.png`` and
+``OUTDIR/manifest.jsonl``. A file is written to a temporary name in its folder, then hard-linked to the
+first free number: the link fails instead of overwriting, so two runs sharing a folder never collide, and
+a killed run leaves at most a ``.tmp-*`` file, never a half-written image.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UsageError
+
+SAMPLE_RE = re.compile(r"^(\d{5,})\.png$")
+GRID_RE = re.compile(r"^grid-(\d{4,})\.png$")
+MANIFEST = "manifest.jsonl"
+TMP_PREFIX = ".tmp-"
+
+
+def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
+    """Create OUTDIR (and samples/) and prove it is writable, before any model is loaded."""
+    root = Path(outdir).expanduser()
+    try:
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"--outdir {outdir}: exists and is not a folder; choose another path")
+        root.mkdir(parents=True, exist_ok=True)
+        if need_samples:
+            (root / "samples").mkdir(exist_ok=True)
+        for folder in [root] + ([root / "samples"] if need_samples else []):
+            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+    except UsageError:
+        raise
+    except FileExistsError:
+        raise UsageError(f"--outdir {outdir}: samples exists and is not a folder; choose another path") from None
+    except NotADirectoryError:
+        raise UsageError(f"--outdir {outdir}: a part of the path is a file; choose another path") from None
+    except OSError as e:
+        raise UsageError(f"--outdir {outdir}: not writable ({e.strerror}); choose a folder you can write to") from None
+    return root
+
+
+def _next_free(folder: Path, pattern: re.Pattern) -> int:
+    numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
+    return max(numbers) + 1 if numbers else 0
+
+
+def write_numbered(folder: Path, data: bytes, pattern: re.Pattern, fmt: str) -> Path:
+    """Write ``data`` atomically under the first free number (``fmt.format(n)``); never overwrites."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        n = _next_free(folder, pattern)
+        while True:
+            target = folder / fmt.format(n)
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                n += 1
+    finally:
+        os.unlink(tmp)
+
+
+def encode_png(image, parameters: str, record: dict[str, Any]) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    info.add_text("sdcli", json.dumps(record, ensure_ascii=False, sort_keys=True))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
+
+
+def a1111_parameters(prompt: str, negative_prompt: str, params: dict[str, Any]) -> str:
+    """The AUTOMATIC1111 ``parameters`` text: prompt, optional negative prompt, then one ``key: value`` line."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None))
+    return "\n".join(lines)
+
+
+def parse_a1111(text: str) -> dict[str, str]:
+    """Parse a ``parameters`` text the way A1111's PNG Info does (the last line holds the settings)."""
+    *head, last = text.strip().split("\n")
+    pairs = re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', last)
+    if len(pairs) < 3:
+        return {"prompt": text}
+    out = {k.strip(): (json.loads(v) if v.startswith('"') else v) for k, v in pairs}
+    prompt, negative, in_negative = [], [], False
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    out["prompt"] = "\n".join(prompt)
+    out["Negative prompt"] = "\n".join(negative)
+    return out
+
+
+def make_grid(images: list, per_row: int, padding: int = 2):
+    """A grid like torchvision's make_grid: ``per_row`` images a row, ``padding`` px black between."""
+    from PIL import Image
+
+    w, h = images[0].size
+    cols = max(1, min(per_row, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * (w + padding) + padding, rows * (h + padding) + padding))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(im, (padding + c * (w + padding), padding + r * (h + padding)))
+    return grid
+
+
+def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
+    """Append one JSON line per record, under an exclusive lock, in one write, then fsync."""
+    if not records:
+        return
+    import fcntl
+
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    fd = os.open(outdir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(outdir: Path) -> list[dict[str, Any]]:
+    path = Path(outdir) / MANIFEST
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a killed run
+    return out
+
+
+def read_png_text(path: str) -> dict[str, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return dict(getattr(im, "text", {}) or {})
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def relpath(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def disk_error(e: OSError, outdir: Path) -> Optional[str]:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"--outdir {outdir}: disk full; free space and rerun"
+    return None

@@ -1,0 +1,163 @@
+"""Safety checker and invisible watermark, applied the same way for every task.
+
+The checker is loaded by sdcli itself (not through the pipeline) so that every task, depth2img
+included, is checked the same way, from the model's own ``safety_checker/`` or a configured source.
+The watermark is invisible-watermark's dwtDct, applied on BGR arrays as the original scripts did.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ModelUnavailable
+
+WATERMARK_MIN_PIXELS = 256 * 256  # dwtDct refuses smaller images
+PROCESSOR_FOLDERS = ("safety_feature_extractor", "feature_extractor")
+OPT_OUT = "or run without it with --no-safety-checker"
+
+
+@dataclass
+class SafetyChecker:
+    model: Any
+    processor: Any
+    device: str
+    dtype: Any
+
+    def check(self, images: list) -> list[bool]:
+        """Flags per image (True = NSFW). Does not change the images."""
+        import numpy as np
+        import torch
+
+        inputs = self.processor(images, return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device, self.dtype)
+        arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+        with torch.no_grad():
+            _, flags = self.model(images=arrays, clip_input=pixels)
+        return [bool(f) for f in flags]
+
+
+def _is_checker_config(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "StableDiffusionSafetyChecker" in (data.get("architectures") or [])
+
+
+def _processor_folder(root: Path) -> Optional[Path]:
+    for name in PROCESSOR_FOLDERS:
+        cfg = root / name / "preprocessor_config.json"
+        if cfg.is_file() and "CLIPImageProcessor" in cfg.read_text():
+            return root / name
+    return root if (root / "preprocessor_config.json").is_file() else None
+
+
+def checker_location(source) -> Optional[str]:
+    """Where the model's own checker would be: the model folder, a single file's config folder, a hub id."""
+    if source.kind == "folder":
+        return source.location
+    if source.kind == "single_file" and source.config and Path(source.config).is_dir():
+        return source.config
+    if source.kind == "hub":
+        return source.location
+    return None
+
+
+def load_safety_checker(where: Optional[str], device: str, dtype, configured: bool) -> SafetyChecker:
+    """Load a checker from a folder (with safety_checker/ or a checker at its root) or a hub id."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    flag = "--safety-checker-source" if configured else "--model"
+    if where is None:
+        raise ModelUnavailable(f"safety checker: this model has none; give one with --safety-checker-source "
+                               f"PATH_OR_HUB_ID, {OPT_OUT}")
+    root = Path(where).expanduser()
+    try:
+        if root.is_dir():
+            model_dir = root / "safety_checker" if _is_checker_config(root / "safety_checker") else root
+            proc_dir = _processor_folder(root)
+            if not _is_checker_config(model_dir) or proc_dir is None:
+                raise ModelUnavailable(
+                    f"safety checker: {flag} {where} has no safety_checker/ with a feature extractor; give one with "
+                    f"--safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}")
+            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, dtype=dtype)
+            processor = CLIPImageProcessor.from_pretrained(proc_dir)
+        else:
+            model, processor = _load_from_hub(where, dtype)
+    except ModelUnavailable:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelUnavailable(f"safety checker: cannot load it from {where} ({first}); give one with "
+                               f"--safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}") from e
+    return SafetyChecker(model.to(device).eval(), processor, device, dtype)
+
+
+def _load_from_hub(repo: str, dtype):
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    try:  # a pipeline repo: safety_checker/ and feature_extractor/ subfolders
+        model = StableDiffusionSafetyChecker.from_pretrained(repo, subfolder="safety_checker", dtype=dtype)
+        processor = CLIPImageProcessor.from_pretrained(repo, subfolder="feature_extractor")
+    except OSError:  # a checker repo (CompVis/stable-diffusion-safety-checker): files at the root
+        model = StableDiffusionSafetyChecker.from_pretrained(repo, dtype=dtype)
+        processor = CLIPImageProcessor.from_pretrained(repo)
+    return model, processor
+
+
+def black_like(image):
+    from PIL import Image
+
+    return Image.new("RGB", image.size)
+
+
+# --- watermark ---------------------------------------------------------------------------------------
+
+def _bits(payload: bytes):
+    import numpy as np
+
+    return list(np.unpackbits(np.frombuffer(payload, dtype=np.uint8)))
+
+
+def can_watermark(width: int, height: int) -> bool:
+    return width * height >= WATERMARK_MIN_PIXELS
+
+
+def apply_watermark(image, payload: bytes):
+    """Embed ``payload`` (dwtDct, on BGR like the originals). Same as invisible-watermark's encoder, except
+    that values are clipped to 0..255 where the library lets them wrap (a visible artifact)."""
+    import cv2
+    import numpy as np
+    import pywt
+    from imwatermark.maxDct import EmbedMaxDct
+
+    bgr = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+    rows, cols = bgr.shape[:2]
+    bits = _bits(payload)
+    embed = EmbedMaxDct(bits, wmLen=len(bits))
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)
+    r4, c4 = rows // 4 * 4, cols // 4 * 4
+    for channel, scale in enumerate(embed._scales[:2]):
+        if scale <= 0:
+            continue
+        ca1, (h1, v1, d1) = pywt.dwt2(yuv[:r4, :c4, channel], "haar")
+        embed.encode_frame(ca1, scale)
+        yuv[:r4, :c4, channel] = np.clip(pywt.idwt2((ca1, (v1, h1, d1)), "haar"), 0, 255)
+    rgb = cv2.cvtColor(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR), cv2.COLOR_BGR2RGB)
+    from PIL import Image
+
+    return Image.fromarray(rgb)
+
+
+def decode_watermark(image, n_bytes: int) -> bytes:
+    import cv2
+    import numpy as np
+    from imwatermark import WatermarkDecoder
+
+    bgr = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+    return WatermarkDecoder("bytes", n_bytes * 8).decode(bgr, "dwtDct")
