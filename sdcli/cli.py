@@ -13,8 +13,12 @@ import os
 import sys
 from typing import Any, Callable, List, Optional
 
-import click
 import typer
+
+try:  # typer >= 0.26 vendors click as typer._click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - older typer with click
+    from click import exceptions as click_exc
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, SdcliError
@@ -223,10 +227,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         rv = app(args=args, prog_name="sdcli", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.NoArgsIsHelpError as e:  # a bare group: show its help, as --help would
-        click.echo(e.ctx.get_help())
+    except click_exc.NoArgsIsHelpError as e:  # a bare group: show its help, as --help would
+        print(e.ctx.get_help())
         return 0
-    except click.ClickException as e:
+    except click_exc.ClickException as e:
         hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
         print(f"sdcli: error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
         return e.exit_code if e.exit_code != 1 else EXIT_USAGE
@@ -237,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             traceback.print_exc()
         print(f"sdcli: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("sdcli: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug, or an environment problem we did not foresee

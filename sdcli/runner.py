@@ -62,12 +62,12 @@ class Generator:
         self.dtype = models.resolve_dtype(cfg.precision, self.device)
         reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {str(self.dtype).replace('torch.', '')}")
         t0 = time.monotonic()
-        self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg)
         self.checker = None
-        if cfg.safety_checker:
+        if cfg.safety_checker:  # first: a missing checker stops the run before the (slow) model load
             where = cfg.safety_checker_source or postprocess.checker_location(p.source)
             self.checker = postprocess.load_safety_checker(where, self.device, self.dtype,
                                                            cfg.safety_checker_source is not None)
+        self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg)
         reporter.info(f"loaded in {time.monotonic() - t0:.1f}s")
         self.base_scheduler = self.pipe.scheduler
         self.schedulers: dict[str, Any] = {}
@@ -183,8 +183,9 @@ def run(p: Plan, reporter: Reporter) -> Summary:
             except SdcliError:
                 raise
             except Exception as e:
+                first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
                 raise SdcliError(f"generation failed in batch {number} (prompt {batch[0].source}): "
-                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                                 f"{type(e).__name__}: {first[:300]}") from e
             records = []
             for job, image, flagged in zip(batch, images, flags):
                 marked = payload is not None and can_watermark(*image.size)
