@@ -127,8 +127,10 @@ def generate(task: str, values: dict[str, Any]) -> None:
 
 
 def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> None:
-    """Register ``sdcli TASK`` with the shared options plus the task's own."""
-    opts = [*SHARED, *extra]
+    """Register ``sdcli TASK`` with the shared options plus the task's own (which may replace a shared
+    one of the same name, to add spellings)."""
+    own = {o.name: o for o in extra}
+    opts = [own.pop(o.name, o) for o in SHARED[:-2]] + list(own.values()) + SHARED[-2:]
 
     def command(**values: Any) -> None:
         generate(task, values)
@@ -141,7 +143,36 @@ def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> 
     app.command(task, help=help_text, no_args_is_help=False)(command)
 
 
+def _image(*names: str) -> Opt:
+    return Opt("image", Optional[str], O(None, "--image", *names, help="Input image: a file, a folder of images, or a quoted glob."))
+
+
+def _strength(default: float) -> Opt:
+    return Opt("strength", Optional[float], O(None, "--strength", help=f"How much to change the image, 0..1 [{default}]."))
+
+
+RESIZE = Opt("resize_mode", Optional[str], O(None, "--resize-mode", help="Bring inputs to the output size: crop (keep aspect, cut the overflow) or resize (stretch) [crop]."))
+
 add_generating_command("txt2img", "Generate images from text prompts (CompVis scripts/txt2img.py options accepted).")
+add_generating_command("img2img", "Change an image guided by a prompt (CompVis scripts/img2img.py options accepted).", [
+    _image("--init-img", "--init_img"), _strength(0.75), RESIZE])
+add_generating_command("inpaint", "Repaint the white part of a mask.", [
+    _image(), Opt("mask", Optional[str], O(None, "--mask", help="Mask image, white = repaint (any mode; same size as the image).")),
+    Opt("indir", Optional[str], O(None, "--indir", help="Folder of x.png + x_mask.png pairs (CompVis inpaint.py).")),
+    _strength(1.0), RESIZE])
+add_generating_command("depth2img", "Make a new image with the depth of the input (SD 2 depth model).", [
+    _image(), _strength(0.8),
+    Opt("depth_map", Optional[str], O(None, "--depth-map", help="Depth map image (white = near) instead of estimating one.")),
+    Opt("save_depth", Optional[bool], O(None, "--save-depth", help="Save the depth map used beside each sample (NNNNN-depth.png).")),
+    RESIZE])
+add_generating_command("instruct-edit", "Edit an image by an instruction (InstructPix2Pix; edit_cli.py options accepted).", [
+    _image("--input"),
+    Opt("prompt", Optional[str], O(None, "--prompt", "--edit", "-p", help="The edit instruction, e.g. 'make it snowy'.")),
+    Opt("scale", Optional[float], O(None, "--scale", "--cfg-text", help="Text guidance scale [7.5].")),
+    Opt("image_guidance_scale", Optional[float], O(None, "--image-guidance-scale", "--cfg-image", help="Image guidance scale, >= 1 [1.5].")),
+    Opt("resolution", Optional[int], O(None, "--resolution", help="Longest output side, rounded to 64 as edit_cli.py [input size].")),
+    Opt("output", Optional[str], O(None, "--output", help="Write the single result to this file (.png, .jpg, .webp).")),
+    RESIZE])
 
 
 @config_app.command("show")
@@ -167,10 +198,10 @@ def watermark_decode(
     """Print the invisible watermark payload of each image."""
     from . import postprocess
     from .errors import UsageError
-    from .outputs import read_png_text
+    from .outputs import read_metadata
 
     for path in images:
-        text = read_png_text(path)
+        text = read_metadata(path)
         n = length
         if n is None:
             try:
@@ -191,10 +222,10 @@ def watermark_decode(
 @app.command("info")
 def info(images: List[str] = typer.Argument(..., help="Images to read.")) -> None:
     """Print the generation metadata stored in each image."""
-    from .outputs import read_png_text
+    from .outputs import read_metadata
 
     for path in images:
-        text = read_png_text(path)
+        text = read_metadata(path)
         if "parameters" not in text and "sdcli" not in text:
             print(f"{path}: no sdcli or A1111 metadata")
             continue

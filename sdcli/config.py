@@ -77,6 +77,18 @@ class RunConfig:
     scheduler: str = "ddim"
     eta: float = 0.0
 
+    # Image-conditioned tasks (img2img, inpaint, depth2img, instruct-edit)
+    image: Optional[str] = None  # input image: a file, a folder of images, or a glob
+    mask: Optional[str] = None  # inpaint: white = repaint
+    indir: Optional[str] = None  # inpaint: folder of x.png + x_mask.png pairs
+    strength: Optional[float] = None  # None: the task's default (img2img 0.75, inpaint 1.0, depth2img 0.8)
+    depth_map: Optional[str] = None  # depth2img: use this depth map instead of estimating one
+    save_depth: bool = False  # depth2img: save the depth map used beside each sample
+    image_guidance_scale: float = 1.5  # instruct-edit
+    resize_mode: str = "crop"  # crop (scale + center-crop, keeps aspect) or resize (stretch)
+    resolution: Optional[int] = None  # instruct-edit: longest side, rounded to 64 as edit_cli.py did
+    output: Optional[str] = None  # instruct-edit: write the single result to this file
+
     # Where to run
     device: str = "auto"
     precision: str = "auto"
@@ -102,7 +114,10 @@ class RunConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys of a prompt-file row that override the config for that row.
 ROW_KEYS = {"prompt", "negative_prompt", "seed", "steps", "scale", "W", "H", "scheduler", "eta"}
-ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": "scale", "negative": "negative_prompt"}
+ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": "scale", "negative": "negative_prompt",
+               "init_img": "image", "init_image": "image", "input": "image", "mask_image": "mask",
+               "edit": "prompt", "cfg_text": "scale", "cfg_image": "image_guidance_scale"}
+RESIZE_MODES = ("crop", "resize")
 
 
 def suggest(key: str, choices) -> str:
@@ -206,11 +221,14 @@ def load(
             raise UsageError(f"--set {item}: expected key=value, e.g. --set steps=30")
         key, _, raw = item.partition("=")
         key = key.strip()
-        try:
-            parsed = OmegaConf.from_dotlist([f"{key}={raw}"])
-        except Exception:
-            raise UsageError(f"--set {item}: cannot parse it; expected key=value") from None
-        conf = _merge(conf, OmegaConf.to_container(parsed), f"--set {item}")
+        if key in FIELDS and FIELDS[key].type in ("str", "Optional[str]"):
+            data = {key: raw}  # text settings verbatim, not YAML ("yes", "#1 cat", "0123")
+        else:
+            try:
+                data = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={raw}"]))
+            except Exception:
+                raise UsageError(f"--set {item}: cannot parse it; expected key=value") from None
+        conf = _merge(conf, data, f"--set {item}")
     explicit = {k: v for k, v in (flags or {}).items() if v is not None}
     if ldm_config and "model_config" not in explicit:
         explicit["model_config"] = ldm_config
@@ -262,6 +280,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.watermark:
         payload = cfg.watermark_text.encode("utf-8")
         _require(1 <= len(payload) <= 64, f"--watermark-text {cfg.watermark_text!r}: must be 1 to 64 bytes")
+    if cfg.strength is not None:
+        _require(0.0 <= cfg.strength <= 1.0, f"--strength {cfg.strength}: must be between 0 and 1")
+    _require(1.0 <= cfg.image_guidance_scale <= 100,
+             f"--image-guidance-scale {cfg.image_guidance_scale}: must be between 1 and 100")
+    _require(cfg.resize_mode in RESIZE_MODES, f"--resize-mode {cfg.resize_mode}: choose crop or resize")
+    if cfg.resolution is not None:
+        _require(64 <= cfg.resolution <= MAX_SIDE, f"--resolution {cfg.resolution}: must be between 64 and {MAX_SIDE}")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")
     return cfg

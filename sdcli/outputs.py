@@ -75,6 +75,42 @@ def write_numbered(folder: Path, data: bytes, pattern: re.Pattern, fmt: str) -> 
         os.unlink(tmp)
 
 
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def write_exact(path: Path, data: bytes) -> Path:
+    """Write ``data`` to exactly ``path`` atomically (temp file + rename): an explicit name replaces."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def encode_image(image, suffix: str, parameters: str, record: dict[str, Any]) -> bytes:
+    """PNG with text chunks, or JPEG/WebP with the same texts in EXIF (UserComment = A1111 parameters,
+    ImageDescription = the sdcli record). JPEG keeps full chroma (subsampling=0) for the watermark."""
+    fmt = FORMATS[suffix.lower()]
+    if fmt == "PNG":
+        return encode_png(image, parameters, record)
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010E] = json.dumps(record, ensure_ascii=False, sort_keys=True)  # ImageDescription
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + parameters.encode("utf-16-be")  # Exif UserComment
+    buf = io.BytesIO()
+    extra = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {"quality": 95}
+    image.save(buf, format=fmt, exif=exif, **extra)
+    return buf.getvalue()
+
+
 def encode_png(image, parameters: str, record: dict[str, Any]) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
@@ -144,9 +180,12 @@ def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
     import fcntl
 
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    fd = os.open(outdir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(outdir / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line of a killed run: end it first
+            data = b"\n" + data
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -160,20 +199,30 @@ def read_manifest(outdir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a killed run
+        except ValueError:  # a torn line of a killed run (UnicodeDecodeError included)
+            continue
     return out
 
 
-def read_png_text(path: str) -> dict[str, str]:
+def read_metadata(path: str) -> dict[str, str]:
+    """``parameters`` and ``sdcli`` texts of an image: PNG text chunks, or JPEG/WebP EXIF."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return dict(getattr(im, "text", {}) or {})
+            found = dict(getattr(im, "text", {}) or {})
+            exif = im.getexif()
+            if 0x010E in exif:
+                found.setdefault("sdcli", exif[0x010E])
+            comment = exif.get_ifd(0x8769).get(0x9286)
+            if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+                found.setdefault("parameters", comment[8:].decode("utf-16-be", errors="replace"))
+            return found
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:

@@ -34,7 +34,12 @@ class Reporter:
 
     def batch(self, number: int, total: int, jobs) -> None:
         seeds = ", ".join(str(j.seed) for j in jobs)
-        self.info(f"batch {number}/{total}: {len(jobs)} image(s), {jobs[0].steps} steps, seeds {seeds}")
+        job = jobs[0]
+        steps = f"{job.steps} steps"
+        if "strength" in job.inputs:
+            steps = f"{int(job.steps * job.inputs['strength'])} of {steps} (strength {job.inputs['strength']})"
+        image = f", input {job.inputs['image']}" if "image" in job.inputs else ""
+        self.info(f"batch {number}/{total}: {len(jobs)} image(s), {steps}, seeds {seeds}{image}")
 
     def step(self, done: int, steps: int) -> None:
         pass

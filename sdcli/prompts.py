@@ -5,7 +5,7 @@ prompt, ``n_iter`` times; with ``--from-file`` the rows (each repeated ``repeat`
 ``n_samples`` at a time, one image per row, and ``n_iter`` repeats the whole list.
 
 Seeds: image k of the run (k counts from 0 over the whole run) uses ``seed + k``; with ``fixed_code``
-image i of every batch uses ``seed + i`` (one starting noise for every batch). A row with its own
+image i of each iteration uses ``seed + i % n_samples`` (one starting noise for every batch). A row with its own
 ``seed`` uses it for its first image and ``seed + j`` for its j-th repetition.
 """
 
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -54,7 +55,7 @@ class Job:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
-        inputs = tuple(sorted((k, v) for k, v in self.inputs.items() if k not in ("image", "mask", "depth_map")))
+        inputs = tuple(sorted(self.inputs.items()))
         return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, inputs)
 
     def settings(self) -> dict[str, Any]:
@@ -108,12 +109,12 @@ def _check_row_value(key: str, value: Any, where: str) -> Any:
 
 
 def row_from_mapping(data: dict, where: str, extra_keys: frozenset = frozenset()) -> Row:
-    allowed = ROW_KEYS | set(ROW_ALIASES) | extra_keys
+    allowed = ROW_KEYS | extra_keys
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in allowed:
-            raise UsageError(f"{where}: unknown key '{key}'{suggest(str(key), allowed)}; allowed: {', '.join(sorted(ROW_KEYS | extra_keys))}")
         key = ROW_ALIASES.get(key, key)
+        if key not in allowed:
+            raise UsageError(f"{where}: unknown key '{key}'{suggest(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}")
         if value is None:
             continue
         out[key] = _check_row_value(key, value, where)
@@ -161,7 +162,8 @@ def read_prompt_file(path: str, extra_keys: frozenset = frozenset()) -> list[Row
 
 def _jsonl_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
     rows = []
-    for i, line in enumerate(text.splitlines(), 1):
+    # Not str.splitlines(): JSON strings may hold U+2028/U+2029/U+0085 unescaped.
+    for i, line in enumerate(re.split(r"\r\n|[\r\n]", text), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{i}"
@@ -195,7 +197,8 @@ def _csv_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
     if not reader.fieldnames or "prompt" not in reader.fieldnames:
         raise UsageError(f"{path}: the first line must be a header naming the columns, with a 'prompt' column")
     rows = []
-    for i, record in enumerate(reader, 2):
+    for record in reader:
+        i = reader.line_num
         if None in record:
             raise UsageError(f"{path}:{i}: more fields than header columns; quote values that contain commas")
         rows.append(row_from_mapping({k: (v if v != "" else None) for k, v in record.items()}, f"{path}:{i}", extra_keys))
@@ -223,8 +226,8 @@ def rows_for(cfg: RunConfig, extra_keys: frozenset = frozenset()) -> list[Row]:
 
 def make_jobs(cfg: RunConfig, rows: list[Row], task_inputs: dict[str, Any] | None = None) -> list[Job]:
     """Expand rows into one job per image, in generation order, with their seeds."""
-    if cfg.from_file is None:
-        per_iter = [(rows[0], j) for j in range(cfg.n_samples)]
+    if cfg.from_file is None:  # one prompt (per input image): n_samples images of it per iteration
+        per_iter = [(row, j) for row in rows for j in range(cfg.n_samples)]
     else:
         per_iter = [(row, r) for row in rows for r in range(cfg.repeat)]
     jobs: list[Job] = []
@@ -233,7 +236,7 @@ def make_jobs(cfg: RunConfig, rows: list[Row], task_inputs: dict[str, Any] | Non
             k = len(jobs)
             o = row.overrides
             if "seed" in o:
-                seed = o["seed"] + rep + it * (cfg.repeat if cfg.from_file is not None else cfg.n_samples)
+                seed = o["seed"] + rep + it * cfg.repeat
             elif cfg.fixed_code:
                 seed = cfg.seed + pos % cfg.n_samples
             else:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from . import __version__, outputs, prompts, tasks
 from .config import RunConfig
-from .errors import Interrupted, SdcliError
+from .errors import Interrupted, SdcliError, UsageError
 from .models import Source, resolve_source
 from .progress import Reporter
 
@@ -42,10 +42,20 @@ class Summary:
 def plan(cfg: RunConfig) -> Plan:
     """Everything that can be checked before the model loads: prompts, inputs, outdir, model source."""
     task = tasks.get(cfg.task)
-    rows = prompts.rows_for(cfg, task.row_keys)
-    jobs = prompts.make_jobs(cfg, rows, task.inputs(cfg))
+    if task.image_guidance and cfg.prompt is None and cfg.from_file is None:
+        raise UsageError("--prompt: instruct-edit needs the edit instruction (--prompt or --edit)")
+    rows = task.expand_rows(cfg, prompts.rows_for(cfg, task.row_keys))
+    jobs = prompts.make_jobs(cfg, rows)
     batches = prompts.batches(jobs, cfg.n_samples)
-    outdir = outputs.prepare_outdir(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
+    if cfg.output is not None:
+        if len(jobs) != 1:
+            raise UsageError(f"--output {cfg.output}: writes one image, but this run makes {len(jobs)}; "
+                             "use --n_samples 1 --n_iter 1 and one input, or --outdir")
+        if Path(cfg.output).suffix.lower() not in outputs.FORMATS:
+            raise UsageError(f"--output {cfg.output}: unknown image type; end it in .png, .jpg or .webp")
+        outdir = outputs.prepare_outdir(str(Path(cfg.output).parent), need_samples=False)
+    else:
+        outdir = outputs.prepare_outdir(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
     source = resolve_source(cfg.model or task.default_model, cfg, cfg.task)
     return Plan(cfg, task, jobs, batches, outdir, source)
 
@@ -85,8 +95,9 @@ class Generator:
             self.schedulers[name] = make_scheduler(name, self.base_scheduler.config)
         return self.schedulers[name]
 
-    def generate(self, batch: list[prompts.Job]) -> tuple[list, list[bool]]:
-        """Images and NSFW flags for one batch (flagged images already replaced by black)."""
+    def generate(self, batch: list[prompts.Job]) -> tuple[list, list[bool], Any, int]:
+        """Images, NSFW flags, the task's depth map (or None) and the denoising steps run, for one batch.
+        Flagged images are already replaced by black."""
         import torch
 
         from .postprocess import black_like
@@ -95,8 +106,14 @@ class Generator:
         width, height = self.size(first)
         self.pipe.scheduler = self.scheduler(first.scheduler)
 
+        prepared = self.plan.task.prepare(self.pipe, batch, width, height)
+        planned = int(first.steps * prepared.kwargs["strength"]) if "strength" in prepared.kwargs else first.steps
+        steps_run = 0
+
         def on_step(pipe, i, t, kwargs):
-            self.reporter.step(i + 1, first.steps)
+            nonlocal steps_run
+            steps_run += 1
+            self.reporter.step(steps_run, planned)
             return kwargs
 
         kwargs = dict(
@@ -109,14 +126,14 @@ class Generator:
             output_type="pil",
             callback_on_step_end=on_step,
         )
-        kwargs.update(self.plan.task.call_kwargs(batch, width, height))
+        kwargs.update(prepared.kwargs)
         with torch.inference_mode():
             images = self.pipe(**kwargs).images
         flags = self.checker.check(images) if self.checker else [False] * len(images)
-        return [black_like(im) if f else im for im, f in zip(images, flags)], flags
+        return [black_like(im) if f else im for im, f in zip(images, flags)], flags, prepared.depth, steps_run
 
 
-def record_for(p: Plan, gen: Generator, job: prompts.Job, batch_size: int, nsfw: bool,
+def record_for(p: Plan, gen: Generator, job: prompts.Job, batch_size: int, steps_run: int, nsfw: bool,
                watermark: Optional[str]) -> dict[str, Any]:
     """The full settings record of one image (PNG ``sdcli`` chunk and manifest line)."""
     cfg = p.cfg
@@ -131,6 +148,7 @@ def record_for(p: Plan, gen: Generator, job: prompts.Job, batch_size: int, nsfw:
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "steps": job.steps,
+        "denoising_steps": steps_run,
         "scale": job.scale,
         "width": width,
         "height": height,
@@ -177,7 +195,7 @@ def run(p: Plan, reporter: Reporter) -> Summary:
         for number, batch in enumerate(p.batches, 1):
             reporter.batch(number, len(p.batches), batch)
             try:
-                images, flags = gen.generate(batch)
+                images, flags, depth, steps_run = gen.generate(batch)
             except KeyboardInterrupt:
                 raise
             except SdcliError:
@@ -196,18 +214,27 @@ def run(p: Plan, reporter: Reporter) -> Summary:
                 if marked:
                     image = apply_watermark(image, payload)
                 summary.unwatermarked += payload is not None and not marked
-                rec = record_for(p, gen, job, len(batch), flagged, cfg.watermark_text if marked else None)
+                rec = record_for(p, gen, job, len(batch), steps_run, flagged, cfg.watermark_text if marked else None)
                 path = None
-                if not cfg.skip_save:
+                if cfg.output is not None:
+                    data = outputs.encode_image(image, Path(cfg.output).suffix, a1111_for(p, rec, job), rec)
+                    written = outputs.write_exact(Path(cfg.output), data)
+                elif not cfg.skip_save:
                     data = outputs.encode_png(image, a1111_for(p, rec, job), rec)
                     written = outputs.write_numbered(p.outdir / "samples", data, outputs.SAMPLE_RE, "{:05d}.png")
+                if cfg.output is not None or not cfg.skip_save:
                     path = outputs.relpath(written, p.outdir)
-                    records.append({**rec, "path": path, "sha256": outputs.sha256(data)})
+                    extra = {}
+                    if depth is not None and cfg.save_depth:
+                        depth_path = outputs.write_exact(written.with_name(written.stem + "-depth.png"),
+                                                         outputs.encode_png(depth, "", {"depth_for": path}))
+                        extra["depth_path"] = outputs.relpath(depth_path, p.outdir)
+                    records.append({**rec, "path": path, "sha256": outputs.sha256(data), **extra})
                     summary.images.append(str(written))
                 summary.generated += 1
                 summary.flagged += flagged
                 reporter.image(job.index, path, job.seed, flagged)
-                if not cfg.skip_grid:
+                if not cfg.skip_grid and cfg.output is None:
                     grid_images.append(image)
             outputs.append_manifest(p.outdir, records)
         if grid_images:

@@ -95,7 +95,7 @@ def run_process(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedP
 
 def manifest(outdir: Path) -> list[dict]:
     path = Path(outdir) / "manifest.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()] if path.exists() else []
 
 
 def pixels(path):

@@ -161,9 +161,6 @@ def test_set_without_equals_sign_is_an_error():
         load(sets=["steps"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --set values of text settings are parsed as YAML: 'yes' becomes "
-                                       "'True', '0123' becomes '83', '#...' is a comment, ': ' makes a mapping, "
-                                       "an empty value is None")
 @pytest.mark.parametrize("key, text", [("prompt", "yes"), ("prompt", "#1 best cat"), ("prompt", "a cat #2"),
                                        ("prompt", "portrait: a cat"), ("watermark_text", "0123"),
                                        ("negative_prompt", "")])

@@ -242,7 +242,7 @@ def test_encode_png_stores_parameters_and_sdcli_chunks(tmp_path):
         assert json.loads(im.text["sdcli"]) == record
     path = tmp_path / "x.png"
     path.write_bytes(data)
-    text = outputs.read_png_text(str(path))
+    text = outputs.read_metadata(str(path))
     assert text["parameters"] == parameters and json.loads(text["sdcli"]) == record
 
 
@@ -253,13 +253,13 @@ def test_encode_png_without_parameters_has_only_the_sdcli_chunk():
         assert json.loads(im.text["sdcli"]) == {"images": 4}
 
 
-def test_read_png_text_errors_name_the_file(tmp_path):
+def test_read_metadata_errors_name_the_file(tmp_path):
     with pytest.raises(UsageError, match="nope.png"):
-        outputs.read_png_text(str(tmp_path / "nope.png"))
+        outputs.read_metadata(str(tmp_path / "nope.png"))
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
     with pytest.raises(UsageError, match="junk.png"):
-        outputs.read_png_text(str(junk))
+        outputs.read_metadata(str(junk))
 
 
 def test_sha256_of_bytes():
@@ -291,16 +291,12 @@ def test_read_manifest_skips_a_torn_last_line(tmp_path):
     assert outputs.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 2}]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: append_manifest appends right after a torn last line (no newline), "
-                                       "so the first record of the next run is glued to it and lost")
 def test_append_after_a_torn_line_keeps_the_new_record(tmp_path):
     (tmp_path / MANIFEST).write_text('{"seed": 1}\n{"seed": 2, "pro', encoding="utf-8")  # a killed run
     outputs.append_manifest(tmp_path, [{"seed": 3}])
     assert outputs.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 3}]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_manifest uses str.splitlines(), which splits records at "
-                                       "U+2028/U+2029/U+0085 that json.dumps(ensure_ascii=False) writes raw")
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_manifest_keeps_prompts_with_unicode_line_separators(tmp_path, char):
     records = [{"prompt": f"a cat{char}a dog", "seed": 1}, {"prompt": "ok", "seed": 2}]
@@ -308,8 +304,6 @@ def test_manifest_keeps_prompts_with_unicode_line_separators(tmp_path, char):
     assert outputs.read_manifest(tmp_path) == records
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_manifest decodes the whole file strictly: a last line torn "
-                                       "inside a multi-byte UTF-8 character raises UnicodeDecodeError")
 def test_read_manifest_skips_a_line_torn_inside_a_utf8_character(tmp_path):
     torn = '{"prompt": "\u732b'.encode("utf-8")[:-1]
     (tmp_path / MANIFEST).write_bytes(b'{"seed": 1}\n' + torn)

@@ -152,8 +152,6 @@ def test_folder_is_not_a_prompt_file(tmp_path):
         read_prompt_file(str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _jsonl_rows splits with str.splitlines(), which also breaks lines "
-                                       "at U+2028/U+2029/U+0085 that JSON allows raw inside strings")
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_jsonl_prompt_may_contain_unicode_line_separators(tmp_path, char):
     record = {"prompt": f"a cat{char}a dog", "seed": 1}
@@ -162,8 +160,6 @@ def test_jsonl_prompt_may_contain_unicode_line_separators(tmp_path, char):
     assert [(r.prompt, r.overrides) for r in rows] == [(record["prompt"], {"seed": 1})]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _csv_rows numbers records from 2, but csv skips blank lines and a "
-                                       "quoted value can span lines: use reader.line_num")
 def test_csv_error_names_the_real_line_after_a_blank_line(tmp_path):
     f = write(tmp_path / "p.csv", "prompt,W\na,64\n\nb,100\n")  # the bad row is on line 4
     with pytest.raises(UsageError, match=r"p\.csv:4:"):

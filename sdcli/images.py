@@ -1,0 +1,150 @@
+"""Input images: finding them (file, folder, glob, inpaint pairs), checking them before the model loads,
+and bringing them to the generation size.
+
+Size rule (README "Input image sizes"): without ``--W/--H`` the output has the input's size rounded down
+to a multiple of 8; with one of them, the other follows the input's aspect ratio; ``--resolution R``
+(instruct-edit) sets the longest side to about R, rounded to multiples of 64 as InstructPix2Pix's
+edit_cli.py did. The image is then brought to that size by ``--resize-mode``: ``crop`` (default) scales
+it to cover the size and cuts the overflow from the centre, so nothing is distorted; ``resize`` stretches
+it exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MAX_INPUT_SIDE = 16384
+MAX_INPUT_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: str
+    width: int
+    height: int
+    sha256: str
+
+
+def expand(spec: str, flag: str) -> list[str]:
+    """A file, a folder (its images, sorted) or a glob pattern -> image paths."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        found = sorted(str(x) for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES and not x.name.startswith("."))
+        if not found:
+            raise UsageError(f"{flag} {spec}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return found
+    if any(c in spec for c in "*?[") and not p.exists():
+        found = sorted(x for x in glob.glob(str(p)) if Path(x).is_file())
+        if not found:
+            raise UsageError(f"{flag} {spec}: no file matches this pattern")
+        return found
+    return [str(p)]
+
+
+def inpaint_pairs(indir: str) -> list[tuple[str, str]]:
+    """CompVis inpaint.py --indir: every ``x_mask.png`` with its ``x.png``."""
+    folder = Path(indir).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"--indir {indir}: no such folder")
+    masks = sorted(folder.glob("*_mask.png"))
+    if not masks:
+        raise UsageError(f"--indir {indir}: no *_mask.png files; give pairs x.png + x_mask.png")
+    pairs = []
+    for mask in masks:
+        image = mask.with_name(mask.name[: -len("_mask.png")] + ".png")
+        if not image.is_file():
+            raise UsageError(f"--indir {indir}: {mask.name} has no image {image.name}")
+        pairs.append((str(image), str(mask)))
+    return pairs
+
+
+def inspect(path: str, flag: str) -> ImageInfo:
+    """Open and fully decode an image file, so that missing, unreadable, truncated and non-image files
+    (and decompression bombs) are reported before the model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    name = f"{flag} {path}"
+    if not p.exists():
+        raise UsageError(f"{name}: no such file")
+    if not p.is_file():
+        raise UsageError(f"{name}: not a file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
+    if not data:
+        raise UsageError(f"{name}: empty file")
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w > MAX_INPUT_SIDE or h > MAX_INPUT_SIDE or w * h > MAX_INPUT_PIXELS:
+                    raise UsageError(f"{name}: {w}x{h} is too large (at most {MAX_INPUT_SIDE} px a side, "
+                                     f"{MAX_INPUT_PIXELS >> 20} Mpx); scale it down first")
+                im.load()
+    except UsageError:
+        raise
+    except UnidentifiedImageError:
+        raise UsageError(f"{name}: not an image PIL can read; give a PNG, JPEG or WebP file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UsageError(f"{name}: too many pixels (decompression bomb?); scale it down first") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UsageError(f"{name}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from None
+    return ImageInfo(str(p), w, h, hashlib.sha256(data).hexdigest())
+
+
+def _round8(x: float) -> int:
+    return max(8, int(x) // 8 * 8)
+
+
+def target_size(width: int, height: int, W: Optional[int], H: Optional[int],
+                resolution: Optional[int] = None) -> tuple[int, int]:
+    """The output size for an input of ``width`` x ``height`` (see the module text). Pure."""
+    if W and H:
+        return W, H
+    if W:
+        return W, _round8(W * height / width)
+    if H:
+        return _round8(H * width / height), H
+    if resolution:  # InstructPix2Pix edit_cli.py
+        factor = resolution / max(width, height)
+        factor = math.ceil(min(width, height) * factor / 64) * 64 / min(width, height)
+        return max(64, int((width * factor) // 64) * 64), max(64, int((height * factor) // 64) * 64)
+    return _round8(width), _round8(height)
+
+
+def fit(image, W: int, H: int, mode: str):
+    """Bring a PIL image to exactly W x H: ``crop`` (cover + centre crop) or ``resize`` (stretch)."""
+    from PIL import Image, ImageOps
+
+    if image.size == (W, H):
+        return image
+    if mode == "resize":
+        return image.resize((W, H), Image.Resampling.LANCZOS)
+    return ImageOps.fit(image, (W, H), method=Image.Resampling.LANCZOS)
+
+
+def load(path: str, W: int, H: int, mode: str, kind: str = "RGB"):
+    """Load an image as ``kind`` (RGB, or L for masks and depth maps), fitted to W x H."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if kind == "RGB" and im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        return fit(im.convert(kind), W, H, mode)
