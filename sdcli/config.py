@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,11 +167,13 @@ def presets_dir() -> Path:
 
 def find_config(name: str) -> str:
     """A --config value: a path, or the name of a shipped preset (``sd15`` -> configs/sd15.yaml)."""
-    if Path(name).exists() or "/" in name or name.endswith((".yaml", ".yml")):
+    if "/" in name or os.sep in name or name.endswith((".yaml", ".yml")):
         return name
     preset = presets_dir() / f"{name}.yaml"
     if preset.is_file():
         return str(preset)
+    if Path(name).is_file():
+        return name
     names = sorted(p.stem for p in presets_dir().glob("*.yaml"))
     raise UsageError(f"--config {name}: no such file or preset{suggest(name, names)}; presets: {', '.join(names)}")
 

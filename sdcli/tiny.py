@@ -31,7 +31,7 @@ PIPELINE_CLASSES = {
     "depth2img": "StableDiffusionDepth2ImgPipeline",
     "instruct-pix2pix": "StableDiffusionInstructPix2PixPipeline",
 }
-BUILD_VERSION = "2"  # bump when the tiny architecture changes, so cached builds are rebuilt
+BUILD_VERSION = "3"  # bump when the tiny architecture changes, so cached builds are rebuilt
 
 
 def cache_root() -> Path:
@@ -79,7 +79,7 @@ def _components(kind: str, flag_everything: bool = False):
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
-        sample_size=128,  # x2 (VAE) -> 256 px default size, large enough for the watermark
+        sample_size=32,  # x8 (VAE) -> 256 px default size, large enough for the watermark
         in_channels=UNET_IN_CHANNELS[kind],
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -89,12 +89,14 @@ def _components(kind: str, flag_everything: bool = False):
         use_linear_projection=kind == "depth2img",
     )
     torch.manual_seed(0)
+    # Four levels, as SD's VAE: a scale factor of 8, so latents (and attention) stay small.
     vae = AutoencoderKL(
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32, 64, 64],
+        layers_per_block=1,
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
         latent_channels=4,
         sample_size=256,
     )
