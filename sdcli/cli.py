@@ -7,6 +7,7 @@ so the CompVis spellings (``--ddim_steps``, ``--n_samples`` ...) work everywhere
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer with click
     from click import exceptions as click_exc
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, SdcliError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SdcliError
 
 app = typer.Typer(
     name="sdcli",
@@ -83,10 +84,13 @@ SHARED = [
     Opt("watermark_text", Optional[str], O(None, "--watermark-text", help="Watermark payload [SDV2].")),
     Opt("allow_unsafe_pickle", Optional[bool], O(None, "--allow-unsafe-pickle", help="Allow .ckpt/.pt pickle checkpoints (they can run code).")),
     Opt("quiet", Optional[bool], O(None, "--quiet", "-q", help="Only warnings and errors on stderr.")),
+    Opt("resume", Optional[bool], O(None, "--resume", help="Skip jobs whose image is already complete in --outdir (same command).")),
+    Opt("fail_fast", Optional[bool], O(None, "--fail-fast", help="Stop at the first failed item (default: record it, go on, exit 1).")),
+    Opt("json", bool, O(False, "--json", help="Print a JSON summary on stdout at the end (logs stay on stderr).")),
     Opt("dry_run", bool, O(False, "--dry-run", help="Check everything and list the jobs, without loading the model.")),
     Opt("debug", bool, O(False, "--debug", help="Show tracebacks.")),
 ]
-NOT_CONFIG = {"config", "set_", "plms", "dpm", "dry_run", "debug"}
+NOT_CONFIG = {"config", "set_", "plms", "dpm", "dry_run", "debug", "json"}
 
 
 def load_config(task: str, values: dict[str, Any]):
@@ -105,7 +109,7 @@ def load_config(task: str, values: dict[str, Any]):
     return config.load(task, values.get("config"), values.get("set_"), flags)
 
 
-def generate(task: str, values: dict[str, Any]) -> None:
+def generate(task: str, values: dict[str, Any]) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     from . import runner
     from .progress import make_reporter
@@ -116,14 +120,27 @@ def generate(task: str, values: dict[str, Any]) -> None:
     if values.get("dry_run"):
         for job in p.jobs:
             print(json.dumps({"index": job.index, "prompt": job.prompt, "seed": job.seed, "steps": job.steps,
-                              "scale": job.scale, "W": job.W, "H": job.H, "scheduler": job.scheduler}))
+                              "scale": job.scale, "W": job.W, "H": job.H, "scheduler": job.scheduler,
+                              **({"error": job.error} if job.error else {})}))
         reporter.info(f"dry run: {len(p.jobs)} image(s) in {len(p.batches)} batch(es) into {p.outdir}, "
                       f"model {p.source.name} ({p.source.kind})")
-        return
+        return EXIT_OK
     summary = runner.run(p, reporter)
-    extra = f", {summary.flagged} flagged by the safety checker" if summary.flagged else ""
-    reporter.info(f"done: {summary.generated} image(s){extra} in {summary.seconds:.1f}s; "
-                  f"samples in {summary.outdir}{', grid ' + summary.grid if summary.grid else ''}")
+    code = EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILURE if summary.failed else EXIT_OK
+    parts = [f"{summary.generated} generated"]
+    for n, label in ((summary.skipped, "already done"), (summary.failed, "failed"),
+                     (summary.flagged, "flagged by the safety checker")):
+        if n:
+            parts.append(f"{n} {label}")
+    head = "interrupted" if summary.interrupted else "done"
+    line = f"{head}: {', '.join(parts)} of {summary.total} in {summary.timings.get('total_s', 0):.1f}s; outputs in {summary.outdir}"
+    (reporter.warn if code else reporter.info)(line + (f", grid {summary.grid}" if summary.grid else ""))
+    if summary.interrupted:
+        reporter.warn("rerun the same command with --resume to finish")
+    if values.get("json"):
+        print(json.dumps({"status": summary.status, "exit_code": code, **dataclasses.asdict(summary)},
+                         ensure_ascii=False))
+    return code
 
 
 def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> None:
@@ -133,7 +150,14 @@ def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> 
     opts = [own.pop(o.name, o) for o in SHARED[:-2]] + list(own.values()) + SHARED[-2:]
 
     def command(**values: Any) -> None:
-        generate(task, values)
+        try:
+            code = generate(task, values)
+        except SdcliError as e:
+            if values.get("json"):  # still one JSON document on stdout for scripts
+                print(json.dumps({"status": "error", "exit_code": e.exit_code, "error": str(e)}))
+            raise
+        if code:
+            raise typer.Exit(code)
 
     command.__signature__ = inspect.Signature(
         [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.option, annotation=o.annotation)

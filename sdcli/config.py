@@ -105,6 +105,10 @@ class RunConfig:
     watermark: bool = True
     watermark_text: str = "SDV2"
 
+    # Batch behaviour
+    resume: bool = False  # skip jobs whose image is already complete in outdir
+    fail_fast: bool = False  # stop at the first failed item (default: record it and go on)
+
     # Terminal
     quiet: bool = False
 

@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a runtime failure: some images failed
 EXIT_USAGE = 2  # bad flag, config, prompt file, image, size ...
 EXIT_MODEL = 3  # model (or safety checker) unavailable
+EXIT_BUSY = 4  # another --resume run holds the outdir
 EXIT_INTERRUPTED = 130
 
 
@@ -26,5 +27,5 @@ class ModelUnavailable(SdcliError):
     exit_code = EXIT_MODEL
 
 
-class Interrupted(SdcliError):
-    exit_code = EXIT_INTERRUPTED
+class OutdirBusy(SdcliError):
+    exit_code = EXIT_BUSY

@@ -8,6 +8,7 @@ a killed run leaves at most a ``.tmp-*`` file, never a half-written image.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -55,24 +56,139 @@ def _next_free(folder: Path, pattern: re.Pattern) -> int:
     return max(numbers) + 1 if numbers else 0
 
 
-def write_numbered(folder: Path, data: bytes, pattern: re.Pattern, fmt: str) -> Path:
-    """Write ``data`` atomically under the first free number (``fmt.format(n)``); never overwrites."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".png", dir=folder)
+def _write_temp(folder: Path, data: bytes, suffix: str = ".png") -> str:
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        n = _next_free(folder, pattern)
-        while True:
-            target = folder / fmt.format(n)
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                n += 1
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _link_free(tmp: str, folder: Path, pattern: re.Pattern, fmt: str) -> Path:
+    n = _next_free(folder, pattern)
+    while True:
+        target = folder / fmt.format(n)
+        try:
+            os.link(tmp, target)
+            return target
+        except FileExistsError:
+            n += 1
+
+
+def write_numbered(folder: Path, data: bytes, pattern: re.Pattern, fmt: str) -> Path:
+    """Write ``data`` atomically under the first free number (``fmt.format(n)``); never overwrites."""
+    tmp = _write_temp(folder, data)
+    try:
+        return _link_free(tmp, folder, pattern, fmt)
     finally:
         os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def manifest_lock(outdir: Path):
+    """Exclusive lock on OUTDIR/manifest.jsonl; yields its fd (opened for appending)."""
+    import fcntl
+
+    fd = os.open(Path(outdir) / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _append(fd: int, records: list[dict[str, Any]]) -> None:
+    """Append one JSON line per record in one write, then fsync (caller holds the lock)."""
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line of a killed run: end it first
+        data = b"\n" + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def save_sample(outdir: Path, data: bytes, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Write a sample under the next free number and its manifest line, together under the manifest
+    lock: a file is never numbered without its line being written right after (a kill -9 in between
+    leaves a complete image that ``recover`` records on the next run)."""
+    folder = Path(outdir) / "samples"
+    tmp = _write_temp(folder, data)
+    try:
+        with manifest_lock(outdir) as fd:
+            target = _link_free(tmp, folder, SAMPLE_RE, "{:05d}.png")
+            line = {**record, "path": relpath(target, Path(outdir)), "sha256": sha256(data), "status": "ok"}
+            _append(fd, [line])
+    finally:
+        os.unlink(tmp)
+    return target, line
+
+
+def record_failures(outdir: Path, records: list[dict[str, Any]]) -> None:
+    if records:
+        with manifest_lock(outdir) as fd:
+            _append(fd, [{**r, "status": "failed"} for r in records])
+
+
+def recover(outdir: Path, stale_after: float = 600.0) -> int:
+    """Heal the outdir after a killed run: record samples that have no manifest line (their embedded
+    sdcli record says what they are), and delete temporary files older than ``stale_after`` seconds.
+    Returns the number of samples recorded."""
+    import time
+
+    outdir = Path(outdir)
+    folder = outdir / "samples"
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX):
+            with contextlib.suppress(OSError):
+                if now - (folder / name).stat().st_mtime > stale_after:
+                    (folder / name).unlink()
+
+    def unrecorded() -> list[Path]:
+        known = {r.get("path") for r in read_manifest(outdir)}
+        return [folder / n for n in sorted(os.listdir(folder)) if SAMPLE_RE.match(n) and f"samples/{n}" not in known]
+
+    if not unrecorded():  # the common case: no lock, no write
+        return 0
+    recovered = []
+    with manifest_lock(outdir) as fd:
+        for path in unrecorded():  # again, under the lock
+            try:
+                record = json.loads(read_metadata(str(path)).get("sdcli", ""))
+                data = path.read_bytes()
+            except Exception:
+                continue  # not an sdcli image: leave it alone
+            if isinstance(record, dict) and "job_id" in record:
+                recovered.append({**record, "path": relpath(path, outdir), "sha256": sha256(data), "status": "ok",
+                                  "recovered": True})
+        if recovered:
+            _append(fd, recovered)
+    return len(recovered)
+
+
+def completed(outdir: Path) -> dict[str, dict[str, Any]]:
+    """job_id -> manifest record, for every image that is complete: recorded ok, file present, sha256 equal."""
+    outdir = Path(outdir)
+    done: dict[str, dict[str, Any]] = {}
+    for rec in read_manifest(outdir):
+        if rec.get("status", "ok") != "ok" or "job_id" not in rec or "path" not in rec:
+            continue
+        path = outdir / rec["path"]
+        try:
+            if sha256(path.read_bytes()) == rec.get("sha256"):
+                done[rec["job_id"]] = rec
+        except OSError:
+            continue
+    return done
 
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -174,24 +290,10 @@ def make_grid(images: list, per_row: int, padding: int = 2):
 
 
 def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
-    """Append one JSON line per record, under an exclusive lock, in one write, then fsync."""
-    if not records:
-        return
-    import fcntl
-
-    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    fd = os.open(outdir / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line of a killed run: end it first
-            data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one JSON line per record, under the manifest lock, in one write, then fsync."""
+    if records:
+        with manifest_lock(outdir) as fd:
+            _append(fd, records)
 
 
 def read_manifest(outdir: Path) -> list[dict[str, Any]]:
@@ -237,6 +339,7 @@ def relpath(path: Path, root: Path) -> str:
 
 
 def disk_error(e: OSError, outdir: Path) -> Optional[str]:
+    """A one-line message for write errors a user can fix (disk full, quota), or None."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"--outdir {outdir}: disk full; free space and rerun"
+        return f"--outdir {outdir}: disk full; free space and rerun with --resume"
     return None

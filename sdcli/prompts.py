@@ -35,6 +35,7 @@ class Row:
     prompt: str
     overrides: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "file:line" for messages
+    error: Optional[str] = None  # a per-row input problem: the row's jobs fail, the others run
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Job:
     iteration: int
     inputs: dict[str, Any] = field(default_factory=dict)  # task inputs (init image, mask, strength...)
     source: str = ""
+    error: Optional[str] = None
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
@@ -59,7 +61,7 @@ class Job:
         return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, inputs)
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source",)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "error")}
 
     def job_id(self, model: str, task: str) -> str:
         """Stable identity: a hash of what makes the image, including its index in the run."""
@@ -247,15 +249,17 @@ def make_jobs(cfg: RunConfig, rows: list[Row], task_inputs: dict[str, Any] | Non
                 index=k, prompt=row.prompt, negative_prompt=o.get("negative_prompt", cfg.negative_prompt),
                 seed=seed, steps=o.get("steps", cfg.steps), scale=o.get("scale", cfg.scale),
                 W=o.get("W", cfg.W), H=o.get("H", cfg.H), scheduler=o.get("scheduler", cfg.scheduler),
-                eta=o.get("eta", cfg.eta), iteration=it, inputs=inputs, source=row.source,
+                eta=o.get("eta", cfg.eta), iteration=it, inputs=inputs, source=row.source, error=row.error,
             ))
     return jobs
 
 
 def batches(jobs: list[Job], n_samples: int) -> list[list[Job]]:
-    """Consecutive jobs, at most n_samples per batch, split where settings differ."""
+    """Consecutive jobs, at most n_samples per batch, split where settings differ (failed jobs left out)."""
     out: list[list[Job]] = []
     for job in jobs:
+        if job.error is not None:
+            continue
         if out and len(out[-1]) < n_samples and out[-1][0].batch_key() == job.batch_key():
             out[-1].append(job)
         else:

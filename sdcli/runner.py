@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from . import __version__, outputs, prompts, tasks
 from .config import RunConfig
-from .errors import Interrupted, SdcliError, UsageError
+from .errors import OutdirBusy, SdcliError, UsageError
 from .models import Source, resolve_source
 from .progress import Reporter
 
@@ -30,13 +31,26 @@ class Plan:
 
 @dataclass
 class Summary:
+    """What a run did; the CLI prints it (and with --json, this as JSON) and picks the exit code."""
+
+    task: str
     outdir: str
-    images: list[str] = field(default_factory=list)
-    grid: Optional[str] = None
+    total: int = 0
     generated: int = 0
+    skipped: int = 0  # --resume: already complete
+    failed: int = 0
     flagged: int = 0
     unwatermarked: int = 0
-    seconds: float = 0.0
+    recovered: int = 0  # samples of a killed run recorded in the manifest
+    images: list[str] = field(default_factory=list)
+    grid: Optional[str] = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "interrupted" if self.interrupted else "failed" if self.failed else "ok"
 
 
 def plan(cfg: RunConfig) -> Plan:
@@ -95,7 +109,7 @@ class Generator:
             self.schedulers[name] = make_scheduler(name, self.base_scheduler.config)
         return self.schedulers[name]
 
-    def generate(self, batch: list[prompts.Job]) -> tuple[list, list[bool], Any, int]:
+    def generate(self, batch: list[prompts.Job], stop: Optional["Stop"] = None) -> tuple[list, list[bool], Any, int]:
         """Images, NSFW flags, the task's depth map (or None) and the denoising steps run, for one batch.
         Flagged images are already replaced by black."""
         import torch
@@ -112,6 +126,8 @@ class Generator:
 
         def on_step(pipe, i, t, kwargs):
             nonlocal steps_run
+            if stop is not None and stop.requested:
+                raise StopRequested
             steps_run += 1
             self.reporter.step(steps_run, planned)
             return kwargs
@@ -179,33 +195,139 @@ def a1111_for(p: Plan, rec: dict[str, Any], job: prompts.Job) -> str:
     return outputs.a1111_parameters(rec["prompt"], rec["negative_prompt"], params)
 
 
+class StopRequested(Exception):
+    """Raised inside the pipeline (from the step callback) to abandon the batch on SIGINT/SIGTERM."""
+
+
+class Stop:
+    """SIGINT/SIGTERM set a flag; the loop stops at the next step or between images, never mid-write.
+    A second signal interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _failure(p: Plan, job: prompts.Job, error: str) -> dict[str, Any]:
+    return {"task": p.task.name, "job_id": job.job_id(p.source.name, p.task.name), "index": job.index,
+            "prompt": job.prompt, "seed": job.seed, "source": job.source, "error": error,
+            "sdcli_version": __version__}
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
+
+
 def run(p: Plan, reporter: Reporter) -> Summary:
-    """Load the model, generate every batch, write samples, manifest lines and the grid."""
+    """Load the model, generate every batch not already done, write samples + manifest lines and the grid.
+    Never raises for a failed item, an interrupt or a finished run: the summary says what happened."""
+    with Stop() as stop, resume_lock(p):
+        return _run(p, reporter, stop)
+
+
+@contextlib.contextmanager
+def resume_lock(p: Plan):
+    """--resume runs hold OUTDIR/.sdcli-resume.lock: two of them would generate the same missing jobs.
+    (Plain runs need no lock: they never skip, and numbering and manifest lines are safe to share.)"""
+    if not p.cfg.resume:
+        yield
+        return
+    import fcntl
+    import os
+
+    fd = os.open(p.outdir / ".sdcli-resume.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise OutdirBusy(f"--outdir {p.outdir}: another sdcli --resume run (pid {holder}) is working in it; "
+                             "wait for it to finish, or use another --outdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run(p: Plan, reporter: Reporter, stop: Stop) -> Summary:
     from .postprocess import apply_watermark, can_watermark
 
     cfg = p.cfg
     t0 = time.monotonic()
-    summary = Summary(outdir=str(p.outdir))
+    summary = Summary(task=p.task.name, outdir=str(p.outdir), total=len(p.jobs))
+    summary.recovered = outputs.recover(p.outdir) if cfg.output is None else 0
+    if summary.recovered:
+        reporter.warn(f"recorded {summary.recovered} complete image(s) of an earlier killed run in the manifest")
+    ids = {j.index: j.job_id(p.source.name, p.task.name) for j in p.jobs}
+    done = outputs.completed(p.outdir) if cfg.resume else {}
+    todo = [b for b in p.batches if any(ids[j.index] not in done for j in b)]
+    summary.skipped = sum(1 for j in p.jobs if ids[j.index] in done)
+    if summary.skipped:
+        reporter.info(f"resume: {summary.skipped} of {len(p.jobs)} image(s) already complete in {p.outdir}")
+    bad_rows = [j for j in p.jobs if j.error is not None and ids[j.index] not in done]
+    for job in bad_rows:
+        reporter.warn(f"{job.error} (skipping this row)")
+        summary.failures.append(_failure(p, job, job.error))
+    outputs.record_failures(p.outdir, summary.failures)
+    summary.failed = len(summary.failures)
+    if not todo:
+        summary.timings["total_s"] = round(time.monotonic() - t0, 3)
+        reporter.info("nothing to generate")
+        return summary
+
     gen = Generator(p, reporter)
+    summary.timings["load_s"] = round(time.monotonic() - t0, 3)
     payload = cfg.watermark_text.encode("utf-8") if cfg.watermark else None
     warned_small = False
-    grid_images = []
-    reporter.start(len(p.jobs), len(p.batches))
+    new_images: dict[int, Any] = {}
+    reporter.start(sum(len(b) for b in todo), len(todo))
+    t_gen = time.monotonic()
     try:
-        for number, batch in enumerate(p.batches, 1):
-            reporter.batch(number, len(p.batches), batch)
+        for number, batch in enumerate(todo, 1):
+            if stop.requested:
+                raise StopRequested
+            reporter.batch(number, len(todo), batch)
             try:
-                images, flags, depth, steps_run = gen.generate(batch)
-            except KeyboardInterrupt:
-                raise
-            except SdcliError:
+                images, flags, depth, steps_run = gen.generate(batch, stop)
+            except (StopRequested, KeyboardInterrupt):
                 raise
             except Exception as e:
-                first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-                raise SdcliError(f"generation failed in batch {number} (prompt {batch[0].source}): "
-                                 f"{type(e).__name__}: {first[:300]}") from e
-            records = []
+                if isinstance(e, SdcliError) and not isinstance(e, UsageError):
+                    raise
+                message = f"generation failed in batch {number} ({batch[0].source}): {type(e).__name__}: {_first_line(e)}"
+                failures = [_failure(p, j, message) for j in batch if ids[j.index] not in done]
+                outputs.record_failures(p.outdir, failures)
+                summary.failures += failures
+                summary.failed += len(failures)
+                reporter.warn(message)
+                if cfg.fail_fast:
+                    break
+                continue
             for job, image, flagged in zip(batch, images, flags):
+                if ids[job.index] in done:
+                    continue  # --resume regenerated the whole batch (identical pixels) for its missing images
                 marked = payload is not None and can_watermark(*image.size)
                 if payload is not None and not marked and not warned_small:
                     reporter.warn(f"images under 256x256 pixels ({image.size[0]}x{image.size[1]}) are saved "
@@ -215,37 +337,66 @@ def run(p: Plan, reporter: Reporter) -> Summary:
                     image = apply_watermark(image, payload)
                 summary.unwatermarked += payload is not None and not marked
                 rec = record_for(p, gen, job, len(batch), steps_run, flagged, cfg.watermark_text if marked else None)
-                path = None
-                if cfg.output is not None:
-                    data = outputs.encode_image(image, Path(cfg.output).suffix, a1111_for(p, rec, job), rec)
-                    written = outputs.write_exact(Path(cfg.output), data)
-                elif not cfg.skip_save:
-                    data = outputs.encode_png(image, a1111_for(p, rec, job), rec)
-                    written = outputs.write_numbered(p.outdir / "samples", data, outputs.SAMPLE_RE, "{:05d}.png")
-                if cfg.output is not None or not cfg.skip_save:
-                    path = outputs.relpath(written, p.outdir)
-                    extra = {}
-                    if depth is not None and cfg.save_depth:
-                        depth_path = outputs.write_exact(written.with_name(written.stem + "-depth.png"),
-                                                         outputs.encode_png(depth, "", {"depth_for": path}))
-                        extra["depth_path"] = outputs.relpath(depth_path, p.outdir)
-                    records.append({**rec, "path": path, "sha256": outputs.sha256(data), **extra})
-                    summary.images.append(str(written))
+                path = _save(p, job, image, depth, rec, summary)
                 summary.generated += 1
                 summary.flagged += flagged
                 reporter.image(job.index, path, job.seed, flagged)
-                if not cfg.skip_grid and cfg.output is None:
-                    grid_images.append(image)
-            outputs.append_manifest(p.outdir, records)
-        if grid_images:
-            summary.grid = write_grid(p, grid_images, payload, reporter)
-    except KeyboardInterrupt:
-        summary.seconds = time.monotonic() - t0
-        raise Interrupted(f"interrupted: {summary.generated} of {len(p.jobs)} image(s) written to {p.outdir}") from None
+                new_images[job.index] = image
+        if new_images and not cfg.skip_grid and cfg.output is None and not stop.requested:
+            summary.grid = write_grid(p, grid_images(p, new_images, done), payload, reporter)
+    except (StopRequested, KeyboardInterrupt):
+        summary.interrupted = True
+    except OSError as e:
+        message = outputs.disk_error(e, p.outdir)
+        if message is None:
+            raise
+        raise SdcliError(message) from None
     finally:
         reporter.close()
-    summary.seconds = time.monotonic() - t0
+        summary.timings["generate_s"] = round(time.monotonic() - t_gen, 3)
+        summary.timings["total_s"] = round(time.monotonic() - t0, 3)
+        if summary.generated:
+            summary.timings["per_image_s"] = round(summary.timings["generate_s"] / summary.generated, 3)
+    summary.interrupted = summary.interrupted or stop.requested
     return summary
+
+
+def _save(p: Plan, job: prompts.Job, image, depth, rec: dict[str, Any], summary: Summary) -> str:
+    """Write one image (numbered sample, or --output) with its manifest line; returns its path."""
+    cfg = p.cfg
+    parameters = a1111_for(p, rec, job)
+    if cfg.output is not None:
+        data = outputs.encode_image(image, Path(cfg.output).suffix, parameters, rec)
+        written = outputs.write_exact(Path(cfg.output), data)
+        outputs.append_manifest(p.outdir, [{**rec, "path": outputs.relpath(written, p.outdir),
+                                             "sha256": outputs.sha256(data), "status": "ok"}])
+    elif cfg.skip_save:
+        return ""
+    else:
+        if depth is not None and cfg.save_depth:
+            rec = {**rec, "depth_saved": True}
+        written, line = outputs.save_sample(p.outdir, outputs.encode_png(image, parameters, rec), rec)
+        if depth is not None and cfg.save_depth:
+            outputs.write_exact(written.with_name(written.stem + "-depth.png"),
+                                outputs.encode_png(depth, "", {"depth_for": line["path"]}))
+    summary.images.append(str(written))
+    return outputs.relpath(written, p.outdir)
+
+
+def grid_images(p: Plan, new: dict[int, Any], done: dict[str, dict[str, Any]]) -> list:
+    """Every image of the job set in order: this run's, and (with --resume) those already on disk."""
+    from PIL import Image
+
+    out = []
+    for job in p.jobs:
+        if job.index in new:
+            out.append(new[job.index])
+            continue
+        rec = done.get(job.job_id(p.source.name, p.task.name))
+        if rec is not None:
+            with Image.open(p.outdir / rec["path"]) as im:
+                out.append(im.convert("RGB"))
+    return out
 
 
 def write_grid(p: Plan, images: list, payload: Optional[bytes], reporter: Reporter) -> Optional[str]:

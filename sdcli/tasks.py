@@ -72,7 +72,15 @@ class Task:
             else:
                 raise UsageError(f"{row.source}: no input image; give --image (or an 'image' field in the prompt file)")
             for inp in inputs:
-                out.append(Row(row.prompt, {**row.overrides, **self._checked(cfg, row, inp, seen)}, row.source))
+                try:
+                    checked = self._checked(cfg, row, inp, seen)
+                except UsageError as e:
+                    # A bad input of one prompt-file row fails that row only, unless --fail-fast.
+                    if "image" not in row.overrides or cfg.fail_fast:
+                        raise
+                    out.append(Row(row.prompt, {**row.overrides, **inp}, row.source, error=str(e)))
+                    continue
+                out.append(Row(row.prompt, {**row.overrides, **checked}, row.source))
         return out
 
     def _cli_inputs(self, cfg) -> list[dict[str, str]]:
