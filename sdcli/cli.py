@@ -102,6 +102,9 @@ def load_config(task: str, values: dict[str, Any]):
 
             raise UsageError(f"--{flag} and --scheduler {values['scheduler']}: give one of them")
     flags = {k: v for k, v in values.items() if k not in NOT_CONFIG and v is not None}
+    if flags.get("output") is not None:  # edit_cli.py --output makes one image
+        flags.setdefault("n_samples", 1)
+        flags.setdefault("n_iter", 1)
     if values.get("plms"):
         flags["scheduler"] = "pndm"
     if values.get("dpm"):

@@ -95,6 +95,8 @@ def inspect(path: str, flag: str) -> ImageInfo:
                     raise UsageError(f"{name}: {w}x{h} is too large (at most {MAX_INPUT_SIDE} px a side, "
                                      f"{MAX_INPUT_PIXELS >> 20} Mpx); scale it down first")
                 im.load()
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: rotated 90/270 degrees
+                    w, h = h, w
     except UsageError:
         raise
     except UnidentifiedImageError:
@@ -137,12 +139,36 @@ def fit(image, W: int, H: int, mode: str):
     return ImageOps.fit(image, (W, H), method=Image.Resampling.LANCZOS)
 
 
+def _to_l(im):
+    """Grey levels 0..255; 16-bit and float images (depth maps as MiDaS/ZoeDepth write them) are scaled
+    by their own range instead of being clipped."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        import numpy as np
+        from PIL import Image
+
+        a = np.asarray(im, dtype=np.float64)
+        span = float(a.max() - a.min()) or 1.0
+        return Image.fromarray(((a - a.min()) / span * 255).round().astype(np.uint8), "L")
+    return im.convert("L")
+
+
+def is_flat(path: str) -> bool:
+    """True if the image has one value everywhere (e.g. a depth map with no depth)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        lo, hi = _to_l(im).getextrema()
+    return lo == hi
+
+
 def load(path: str, W: int, H: int, mode: str, kind: str = "RGB"):
     """Load an image as ``kind`` (RGB, or L for masks and depth maps), fitted to W x H."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
+        if kind == "L":
+            return fit(_to_l(im), W, H, mode)
         if kind == "RGB" and im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))

@@ -114,16 +114,19 @@ def _append(fd: int, records: list[dict[str, Any]]) -> None:
     os.fsync(fd)
 
 
-def save_sample(outdir: Path, data: bytes, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def save_sample(outdir: Path, data: bytes, record: dict[str, Any],
+                companion=None) -> tuple[Path, dict[str, Any]]:
     """Write a sample under the next free number and its manifest line, together under the manifest
     lock: a file is never numbered without its line being written right after (a kill -9 in between
-    leaves a complete image that ``recover`` records on the next run)."""
+    leaves a complete image that ``recover`` records on the next run). ``companion(target)`` may write
+    a file beside the sample (e.g. its depth map) and return fields for the manifest line."""
     folder = Path(outdir) / "samples"
     tmp = _write_temp(folder, data)
     try:
         with manifest_lock(outdir) as fd:
             target = _link_free(tmp, folder, SAMPLE_RE, "{:05d}.png")
-            line = {**record, "path": relpath(target, Path(outdir)), "sha256": sha256(data), "status": "ok"}
+            extra = companion(target) if companion else {}
+            line = {**record, "path": relpath(target, Path(outdir)), "sha256": sha256(data), "status": "ok", **extra}
             _append(fd, [line])
     finally:
         os.unlink(tmp)

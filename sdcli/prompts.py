@@ -93,8 +93,10 @@ def _check_row_value(key: str, value: Any, where: str) -> Any:
         return num(int, 1, 1000)
     if key in ("scale",):
         return num(float, 0, 100)
-    if key == "eta":
+    if key in ("eta", "strength"):
         return num(float, 0, 1)
+    if key == "image_guidance_scale":
+        return num(float, 1, 100)
     if key in ("W", "H"):
         v = num(int, 8, 4096)
         try:

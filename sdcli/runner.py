@@ -373,12 +373,14 @@ def _save(p: Plan, job: prompts.Job, image, depth, rec: dict[str, Any], summary:
     elif cfg.skip_save:
         return ""
     else:
-        if depth is not None and cfg.save_depth:
-            rec = {**rec, "depth_saved": True}
-        written, line = outputs.save_sample(p.outdir, outputs.encode_png(image, parameters, rec), rec)
-        if depth is not None and cfg.save_depth:
-            outputs.write_exact(written.with_name(written.stem + "-depth.png"),
-                                outputs.encode_png(depth, "", {"depth_for": line["path"]}))
+        def save_depth(target: Path) -> dict[str, Any]:
+            if depth is None or not cfg.save_depth:
+                return {}
+            path = outputs.write_exact(target.with_name(target.stem + "-depth.png"),
+                                       outputs.encode_png(depth, "", {"depth_for": outputs.relpath(target, p.outdir)}))
+            return {"depth_path": outputs.relpath(path, p.outdir)}
+
+        written, _ = outputs.save_sample(p.outdir, outputs.encode_png(image, parameters, rec), rec, save_depth)
     summary.images.append(str(written))
     return outputs.relpath(written, p.outdir)
 

@@ -63,7 +63,7 @@ class Task:
         for row in rows:
             if "image" in row.overrides:
                 own = {k: row.overrides[k] for k in ("image", "mask", "depth_map") if k in row.overrides}
-                own = {k: str(base / v) if not Path(v).expanduser().is_absolute() else v for k, v in own.items()}
+                own = {k: str(base / Path(v).expanduser()) for k, v in own.items()}
                 for key, value in cli_inputs[0].items():
                     own.setdefault(key, value) if key != "image" else None
                 inputs = [own]
@@ -118,6 +118,9 @@ class Task:
             o.update(mask=mask.path, mask_sha256=mask.sha256)
         if self.depth and "depth_map" in inp:
             depth = info("depth_map")
+            if images.is_flat(depth.path):
+                raise UsageError(f"--depth-map {depth.path}: one value everywhere (no depth); give a depth map "
+                                 "with near (white) and far (dark) parts, or leave it out to estimate one")
             o.update(depth_map=depth.path, depth_map_sha256=depth.sha256)
         W = row.overrides.get("W", cfg.W)
         H = row.overrides.get("H", cfg.H)

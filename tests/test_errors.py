@@ -135,3 +135,60 @@ def test_help_and_argument_errors_never_import_torch(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr
+
+
+def _images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(tmp_path / "ok.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "small-mask.png")
+    Image.new("L", (20000, 8)).save(tmp_path / "huge.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_text("hello")
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "no-images").mkdir()
+
+
+IMAGE_CASES = [
+    # (subcommand and arguments, exit code, words the error line must contain)
+    (["img2img", "--init-img", "{tmp}/missing.png"], 2, ["--image", "missing.png", "no such file"]),
+    (["img2img", "--init-img", "{tmp}/truncated.png"], 2, ["truncated.png", "truncated"]),
+    (["img2img", "--init-img", "{tmp}/text.png"], 2, ["text.png", "not an image"]),
+    (["img2img", "--init-img", "{tmp}/zero.png"], 2, ["zero.png", "empty"]),
+    (["img2img", "--init-img", "{tmp}/huge.png"], 2, ["huge.png", "too large"]),
+    (["img2img", "--init-img", "{tmp}/no-images"], 2, ["no-images", "no images"]),
+    (["img2img", "--init-img", "{tmp}/*.jpg"], 2, ["*.jpg", "no file matches"]),
+    (["img2img"], 2, ["--image"]),
+    (["img2img", "--init-img", "{tmp}/ok.png", "--strength", "1.5"], 2, ["--strength 1.5"]),
+    (["img2img", "--init-img", "{tmp}/ok.png", "--strength", "0"], 2, ["--strength 0", "--steps"]),
+    (["img2img", "--init-img", "{tmp}/ok.png", "--resize-mode", "squash"], 2, ["--resize-mode squash"]),
+    (["inpaint", "--image", "{tmp}/ok.png"], 2, ["--mask"]),
+    (["inpaint", "--image", "{tmp}/ok.png", "--mask", "{tmp}/small-mask.png"], 2, ["--mask", "small-mask.png", "differs"]),
+    (["inpaint", "--indir", "{tmp}/no-images"], 2, ["--indir", "_mask.png"]),
+    (["depth2img", "--image", "{tmp}/ok.png", "--depth-map", "{tmp}/text.png"], 2, ["--depth-map", "text.png"]),
+    (["instruct-edit", "--input", "{tmp}/ok.png"], 2, ["--prompt", "instruction"]),
+    (["instruct-edit", "--input", "{tmp}/ok.png", "--edit", "x", "--cfg-image", "0.5"], 2, ["--image-guidance-scale 0.5"]),
+    (["instruct-edit", "--input", "{tmp}/ok.png", "--edit", "x", "--output", "{tmp}/out.gif"], 2, ["--output", "out.gif"]),
+    (["instruct-edit", "--input", "{tmp}/ok.png", "--edit", "x", "--output", "{tmp}/o.png", "--n_samples", "2"], 2, ["--output", "one image"]),
+    (["instruct-edit", "--input", "{tmp}/ok.png", "--edit", "x", "--resolution", "10"], 2, ["--resolution 10"]),
+]
+
+
+@pytest.mark.parametrize("args,code,words", IMAGE_CASES, ids=[" ".join(c[0]) for c in IMAGE_CASES])
+def test_bad_image_input_is_one_clear_line(sdcli, tmp_path, outdir_with_work, args, code, words):
+    _images(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    words = [w.replace("{tmp}", str(tmp_path)) for w in words]
+    before = snapshot(outdir_with_work)
+    r = sdcli(*args, "--model", "tiny", "--steps", 2, "--n_iter", 1, "--outdir", outdir_with_work)
+    assert r.one_error(code, *words)
+    assert "loading" not in r.err
+    assert snapshot(outdir_with_work) == before
+
+
+def test_unwritable_outdir(sdcli, tiny):
+    """/proc refuses new files even to root."""
+    assert sdcli("txt2img", "--model", tiny(), *FAST, "--outdir", "/proc/sdcli-test").one_error(2, "--outdir", "/proc/sdcli-test")

@@ -444,8 +444,6 @@ def test_depth2img_estimated_depth_saved(sdcli, tiny, tmp_path, estimator_calls)
     assert rec["denoising_steps"] == int(2 * 0.8)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (runner._save since 9c1886e): the manifest line records "
-                                       "'depth_saved': true instead of 'depth_path' (the saved depth file)")
 def test_depth2img_manifest_names_the_saved_depth_file(sdcli, tiny, tmp_path):
     image = noise(tmp_path / "in.png", 64, 64)
     out = tmp_path / "out"
@@ -457,8 +455,6 @@ def test_depth2img_manifest_names_the_saved_depth_file(sdcli, tiny, tmp_path):
     assert all((out / x["depth_path"]).is_file() for x in recs)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a flat --depth-map (one grey value) makes diffusers divide by "
-                                       "max-min = 0: NaN latents, a black image, exit 0 with no error")
 def test_depth2img_flat_depth_map_is_refused_or_works(sdcli, tiny, tmp_path):
     image = noise(tmp_path / "in.png", 64, 64)
     flat = tmp_path / "flat.png"
@@ -473,8 +469,6 @@ def test_depth2img_flat_depth_map_is_refused_or_works(sdcli, tiny, tmp_path):
         assert pixels(out / "samples/00000.png").max() > 0, "black image from NaN latents"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a 16-bit depth map (I;16 PNG, as MiDaS/ZoeDepth write them) is "
-                                       "converted with PIL convert('L'), which clips: >99% of pixels become 255")
 def test_depth2img_16bit_depth_map_keeps_its_depth(sdcli, tiny, tmp_path):
     image = noise(tmp_path / "in.png", 64, 64)
     depth16 = tmp_path / "depth16.png"
@@ -497,8 +491,6 @@ EDIT_CLI = ["--edit", "turn it into a cyborg", "--cfg-text", 7, "--cfg-image", 1
             "--steps", 2]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: edit_cli.py makes one image; sdcli keeps the n_samples=3/n_iter=2 "
-                                       "defaults, so the exact edit_cli invocation with --output is refused (exit 2)")
 def test_instruct_edit_exact_edit_cli_invocation(sdcli, tiny, tmp_path):
     image = noise(tmp_path / "in.png", 100, 70)
     y = tmp_path / "edited" / "y.png"
@@ -658,8 +650,6 @@ def test_jsonl_inpaint_rows_with_masks(sdcli, tiny, tmp_path):
     assert not np.array_equal(pixels(out / recs[1]["path"]), pixels(out / recs[2]["path"]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-numeric 'strength' / 'image_guidance_scale' in a prompt-file "
-                                       "row is not checked: float() raises ValueError -> exit 1, not a usage error")
 @pytest.mark.parametrize("task,row", [
     ("img2img", {"prompt": "a", "image": "in.png", "strength": "strong"}),
     ("instruct-edit", {"prompt": "a", "image": "in.png", "image_guidance_scale": "high"}),
@@ -673,8 +663,6 @@ def test_row_non_numeric_task_values_are_usage_errors(sdcli, tiny, tmp_path, tas
     assert r.one_error(2, "rows.jsonl:1", key)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a row image '~/x.png' is left unexpanded (tasks.expand_rows tests "
-                                       "expanduser().is_absolute() but keeps the raw value): 'no such file'")
 def test_row_image_with_home_folder(sdcli, tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     noise(tmp_path / "in.png", 64, 64)
@@ -685,8 +673,6 @@ def test_row_image_with_home_folder(sdcli, tiny, tmp_path, monkeypatch):
                      tmp_path / "o") == [(64, 64)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: images.inspect takes the stored size, but images.load applies the "
-                                       "EXIF orientation: a rotated phone photo gets a landscape size and is cropped")
 def test_exif_rotated_input_keeps_its_orientation(sdcli, tiny, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display: stored 100x70, shown 70x100
