@@ -26,3 +26,11 @@ smoke: install
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build *.egg-info
+
+.PHONY: bench bench-smoke
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
+bench-smoke: install
+	$(BIN)/python benchmarks/bench.py --smoke --output /tmp/sdcli-bench-smoke.md

@@ -105,6 +105,14 @@ class RunConfig:
     watermark: bool = True
     watermark_text: str = "SDV2"
 
+    # Speed and memory (README "Speed and memory"; measured by make bench)
+    attention_slicing: bool = False  # compute attention in slices: less memory, usually slower
+    vae_slicing: bool = False  # decode a batch one image at a time
+    vae_tiling: bool = False  # decode/encode in tiles: large images in little memory
+    offload: str = "none"  # none, model or sequential: move idle parts to the CPU (CUDA only)
+    channels_last: bool = False  # channels-last memory layout for UNet and VAE
+    compile: bool = False  # torch.compile the UNet (slow first batch; on CPU with inductor freezing)
+
     # Batch behaviour
     resume: bool = False  # skip jobs whose image is already complete in outdir
     fail_fast: bool = False  # stop at the first failed item (default: record it and go on)
@@ -123,6 +131,7 @@ ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": 
                "init_img": "image", "init_image": "image", "input": "image", "mask_image": "mask",
                "edit": "prompt", "cfg_text": "scale", "cfg_image": "image_guidance_scale"}
 RESIZE_MODES = ("crop", "resize")
+OFFLOADS = ("none", "model", "sequential")
 
 
 def suggest(key: str, choices) -> str:
@@ -294,6 +303,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _require(cfg.resize_mode in RESIZE_MODES, f"--resize-mode {cfg.resize_mode}: choose crop or resize")
     if cfg.resolution is not None:
         _require(64 <= cfg.resolution <= MAX_SIDE, f"--resolution {cfg.resolution}: must be between 64 and {MAX_SIDE}")
+    _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")
     return cfg

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class Generator:
         self.plan, self.reporter = p, reporter
         self.device = models.resolve_device(cfg.device)
         self.dtype = models.resolve_dtype(cfg.precision, self.device)
+        models.check_options(cfg, self.device)
         reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {str(self.dtype).replace('torch.', '')}")
         t0 = time.monotonic()
         self.checker = None
@@ -92,10 +94,17 @@ class Generator:
             self.checker = postprocess.load_safety_checker(where, self.device, self.dtype,
                                                            cfg.safety_checker_source is not None)
         self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg)
+        models.apply_options(self.pipe, cfg, self.device)
+        if cfg.compile:
+            models.compile_unet(self.pipe, self.device)
         reporter.info(f"loaded in {time.monotonic() - t0:.1f}s")
         self.base_scheduler = self.pipe.scheduler
         self.schedulers: dict[str, Any] = {}
         self.default_w, self.default_h = models.default_size(self.pipe)
+        self.warmed: set = set()
+        # Text encodings per (prompt, negative prompt, guidance on): computed once per run, not per batch.
+        self.embeds: dict[tuple, Any] = {}
+        self.can_embed = "prompt_embeds" in inspect.signature(getattr(self.pipe, "encode_prompt", len)).parameters
 
     def size(self, job: prompts.Job) -> tuple[int, int]:
         return job.W or self.default_w, job.H or self.default_h
@@ -133,8 +142,7 @@ class Generator:
             return kwargs
 
         kwargs = dict(
-            prompt=[j.prompt for j in batch],
-            negative_prompt=[j.negative_prompt for j in batch],
+            **self.text_inputs(batch),
             num_inference_steps=first.steps,
             guidance_scale=first.scale,
             eta=first.eta,
@@ -144,9 +152,52 @@ class Generator:
         )
         kwargs.update(prepared.kwargs)
         with torch.inference_mode():
+            if self.plan.cfg.compile:
+                self.warm_up(len(batch), first.scale, width, height)
             images = self.pipe(**kwargs).images
         flags = self.checker.check(images) if self.checker else [False] * len(images)
         return [black_like(im) if f else im for im, f in zip(images, flags)], flags, prepared.depth, steps_run
+
+
+    def text_inputs(self, batch: list[prompts.Job]) -> dict[str, Any]:
+        """Prompts as cached embeddings where the pipeline allows it (all but instruct-pix2pix): each prompt
+        is encoded alone, once, so an image's conditioning does not depend on its batch."""
+        if not self.can_embed:
+            return {"prompt": [j.prompt for j in batch], "negative_prompt": [j.negative_prompt for j in batch]}
+        import torch
+
+        guided = batch[0].scale > 1
+        pairs = []
+        for job in batch:
+            key = (job.prompt, job.negative_prompt, guided)
+            if key not in self.embeds:
+                if len(self.embeds) >= 256:
+                    self.embeds.pop(next(iter(self.embeds)))
+                with torch.inference_mode():
+                    self.embeds[key] = self.pipe.encode_prompt(job.prompt, self.pipe._execution_device, 1, guided,
+                                                               job.negative_prompt)
+            pairs.append(self.embeds[key])
+        out = {"prompt_embeds": torch.cat([pe for pe, _ in pairs])}
+        if guided:
+            out["negative_prompt_embeds"] = torch.cat([ne for _, ne in pairs])
+        return out
+
+    def warm_up(self, n: int, scale: float, width: int, height: int) -> None:
+        """--compile: compile the UNet for this batch shape with a dummy call, timed and reported apart."""
+        import torch
+
+        unet = self.pipe.unet
+        factor = getattr(self.pipe, "vae_scale_factor", 8)
+        copies = 3 if self.plan.task.image_guidance else 2 if scale > 1 else 1
+        shape = (n * copies, unet.config.in_channels, height // factor, width // factor)
+        if shape in self.warmed:
+            return
+        t0 = time.monotonic()
+        sample = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        context = torch.zeros((shape[0], 77, unet.config.cross_attention_dim), dtype=self.dtype, device=self.device)
+        unet(sample, torch.tensor(999, device=self.device), encoder_hidden_states=context)
+        self.warmed.add(shape)
+        self.reporter.info(f"compiled the UNet in {time.monotonic() - t0:.1f}s (batch shape {list(shape)})")
 
 
 def record_for(p: Plan, gen: Generator, job: prompts.Job, batch_size: int, steps_run: int, nsfw: bool,

@@ -1,0 +1,66 @@
+"""The benchmark harness on the tiny model, so it cannot rot: benchmarks/bench.py --smoke (startup, overhead).
+
+Runs the harness as a process (as `make bench-smoke` does) and checks the report it writes: the sections,
+numeric medians for every command, and that sdcli made the same pixels as the plain diffusers script.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows(markdown: str, heading: str) -> list[list[str]]:
+    """The data rows of the first table after ``heading``."""
+    section = markdown.split(heading, 1)[1]
+    rows, started = [], False
+    for line in section.splitlines():
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows.append(cells)
+        elif started:
+            break
+    return rows[2:]  # drop the header and the |---| line
+
+
+@pytest.mark.slow
+def test_bench_smoke_startup_and_overhead(tiny, tmp_path):
+    model = tiny("txt2img")
+    out = tmp_path / "B.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "startup,overhead",
+         "--model", str(model), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("# Benchmarks", "## Machine", "## Versions", "## Startup", "## Overhead"):
+        assert heading in text, heading
+    assert "## Options" not in text and "## Batch" not in text  # --only
+
+    startup = _rows(text, "## Startup")
+    assert [r[0] for r in startup] == ["import typer", "sdcli --help", "sdcli txt2img --help", "sdcli config show",
+                                       "argument error"]
+    overhead = _rows(text, "## Overhead")
+    assert [r[0] for r in overhead] == ["reference (diffusers script)", "sdcli", "sdcli + safety checker",
+                                        "sdcli + watermark"]
+    for row in startup + overhead:
+        assert float(row[2]) > 0, row  # the median, in seconds
+        assert re.fullmatch(r"[0-9.]+x", row[4]), row  # a ratio
+        assert "exit" not in row[1], row  # every command exited as expected
+    assert re.search(r"sdcli / reference \(median\): [0-9.]+x", text)
+    assert "Same pixels as the reference: **yes** (identical)" in text
+
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert set(raw["sections"]) == {"startup", "overhead"}
+    assert raw["sections"]["overhead"]["pixels"]["identical"] is True
+    assert all(r["median_s"] > 0 for r in raw["sections"]["overhead"]["rows"])
+    assert raw["versions"]["torch"] and raw["machine"]["logical_cpus"]
