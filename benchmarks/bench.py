@@ -82,11 +82,25 @@ class Run:
     rc: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0  # user + system CPU seconds of the child
+    other_cpu_s: Optional[float] = None  # CPU seconds other processes used meanwhile (noise indicator)
+
+
+def busy_cpu_seconds() -> Optional[float]:
+    """CPU seconds spent busy on the whole machine since boot (/proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def run_once(argv: list[str], env: dict, timeout: float) -> Run:
     """One whole process: wall time around it, exit code and peak RSS from os.wait4."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy0 = busy_cpu_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=str(ROOT))
         killer = threading.Timer(timeout, proc.kill)
@@ -96,11 +110,14 @@ def run_once(argv: list[str], env: dict, timeout: float) -> Run:
         finally:
             killer.cancel()
         seconds = time.perf_counter() - t0
+        busy1 = busy_cpu_seconds()
         proc.returncode = rc = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+        cpu = usage.ru_utime + usage.ru_stime
+        other = max(0.0, busy1 - busy0 - cpu) if busy0 is not None and busy1 is not None else None
         out.seek(0)
         err.seek(0)
         return Run(seconds, usage.ru_maxrss, rc, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"))
+                   err.read().decode(errors="replace"), cpu, other)
 
 
 @dataclass
@@ -133,6 +150,8 @@ class Spec:
     def as_json(self) -> dict:
         return {"label": self.label, "command": self.shown, "expect_rc": self.expect_rc,
                 "seconds": [round(s, 4) for s in self.seconds()], "rss_kib": self.rss(),
+                "cpu_s": [round(r.cpu_s, 3) for r in self.runs],
+                "other_cpu_s": [None if r.other_cpu_s is None else round(r.other_cpu_s, 2) for r in self.runs],
                 "rc": [r.rc for r in self.runs],
                 "median_s": round(self.median(), 4) if self.runs else None,
                 "stderr_tail": tail(self.stderr0(), 600) if self.runs and not self.ok else None}
@@ -157,16 +176,20 @@ class Bench:
         """A B C A B C ...: every round runs each command once, in the same order."""
         for i in range(runs):
             for spec in specs:
-                total, rss = 0.0, 0
+                total, rss, cpu, other = 0.0, 0, 0.0, 0.0
                 for argv in spec.make(i):  # a group's times add up; it stops at the first unexpected exit
                     last = run_once(argv, self.env, self.args.timeout)
                     total += last.seconds
                     rss = max(rss, last.rss_kib)
+                    cpu += last.cpu_s
+                    other = None if other is None or last.other_cpu_s is None else other + last.other_cpu_s
                     if last.rc != spec.expect_rc:
                         break
-                spec.runs.append(Run(total, rss, last.rc, last.stdout, last.stderr))
+                spec.runs.append(Run(total, rss, last.rc, last.stdout, last.stderr, cpu, other))
                 flag = "" if last.rc == spec.expect_rc else f"  UNEXPECTED exit {last.rc}: {tail(last.stderr, 300)}"
-                log(f"  [{i + 1}/{runs}] {spec.label}: {total:.3f}s, rc {last.rc}, peak RSS {rss / 1024:.0f} MiB{flag}")
+                noise = f", others used {other:.1f} CPU-s meanwhile" if other is not None else ""
+                log(f"  [{i + 1}/{runs}] {spec.label}: {total:.3f}s (CPU {cpu:.1f}s), rc {last.rc}, "
+                    f"peak RSS {rss / 1024:.0f} MiB{noise}{flag}")
         for spec in specs:
             if not spec.ok:
                 self.failures.append(f"{spec.label}: exit {[r.rc for r in spec.runs]} "
@@ -675,16 +698,18 @@ def report(res: dict) -> str:
                 extra.append(f"model load (sdcli's log) {statistics.median(loads):.1f}s")
             rows.append([r["label"], code(r["command"]) + cell(r), fmt_s(r["median_s"]), fmt_range(r["seconds"]),
                          fmt_x(r["ratio_to_reference"]), ", ".join(f"{x:.3f}" for x in r["paired_ratios"]),
-                         fmt_mib(r["rss_kib"]), "; ".join(extra)])
+                         fmt_cpu(r), fmt_noise(r), fmt_mib(r["rss_kib"]), "; ".join(extra)])
         L += ["## Overhead: sdcli vs the ten-line diffusers script", "",
               f"One image, {o['steps']} DDIM steps, {o['size']}x{o['size']}, seed 42, guidance 7.5, fp32; "
               f"{runs_text(o['runs'])} each, alternated. `benchmarks/reference.py` is the plain diffusers script "
               "(StableDiffusionPipeline, DDIM with clip_sample off, a seeded CPU generator, save the PNG). "
-              "Target: sdcli / reference <= 1.03.", ""]
-        L += table(["what", "command", "median s", "min / max s", "ratio to reference", "paired", "peak RSS", "notes"], rows)
+              "Target: sdcli / reference <= 1.03. " + NOISE_NOTE, ""]
+        L += table(["what", "command", "median s", "min / max s", "ratio to reference", "paired", "CPU s", "others' CPU s",
+                    "peak RSS", "notes"], rows)
         px = o.get("pixels") or {}
         L += ["",
-              f"- **sdcli / reference (median): {fmt_x(o['ratio'])}** (target <= 1.03: {verdict(o['ratio'], 1.03)}).",
+              f"- **sdcli / reference (median): {fmt_x(o['ratio'])}** (target <= 1.03: {verdict(o['ratio'], 1.03)}); "
+              f"median of the paired ratios {fmt_x(paired_median(o))}.",
               f"- Same pixels as the reference: **{'yes' if px.get('identical') else 'no' if px.get('identical') is False else 'n/a'}** "
               f"({fmt_pixels(px)}).",
               ]
@@ -717,10 +742,12 @@ def report(res: dict) -> str:
         L += ["## Batch: one run with a prompt file vs one run per prompt", "",
               f"{b['prompts']} different prompts (`$OUT/prompts.txt`, one per line), same settings as the overhead "
               f"section; {runs_text(b['runs'])} each, alternated. The single runs use `--seed 42+K` so that every image "
-              "is the batch's image K.", ""]
+              "is the batch's image K. " + NOISE_NOTE, ""]
         rows = [[r["label"], code(r["command"]) + cell(r), fmt_s(r["median_s"]), fmt_range(r["seconds"]),
-                 fmt_s(r["per_image_s"]), fmt_x(r["ratio_to_singles"]), fmt_mib(r["rss_kib"])] for r in b["rows"]]
-        L += table(["what", "command", "median s", "min / max s", "per image s", "ratio to singles", "peak RSS"], rows)
+                 fmt_s(r["per_image_s"]), fmt_x(r["ratio_to_singles"]), fmt_cpu(r), fmt_noise(r), fmt_mib(r["rss_kib"])]
+                for r in b["rows"]]
+        L += table(["what", "command", "median s", "min / max s", "per image s", "ratio to singles", "CPU s",
+                    "others' CPU s", "peak RSS"], rows)
         L += ["", f"- Image 0, batch of {b['prompts']} vs its single run: {fmt_pixels(b.get('pixels_batch_vs_single'))} "
               "(batched math may round differently).", ""]
 
@@ -729,7 +756,7 @@ def report(res: dict) -> str:
         L += ["## Options", "",
               f"The overhead section's sdcli command (`--no-safety-checker --no-watermark`) with one option added, "
               f"all alternated with the plain command; {runs_text(op['runs'])} each. Image: max abs pixel difference to the "
-              "plain run's PNG.", ""]
+              "plain run's PNG. " + NOISE_NOTE, ""]
         rows = []
         for r in op["rows"]:
             notes = []
@@ -737,21 +764,41 @@ def report(res: dict) -> str:
                 cs = [x for x in r["compile_s"] if x is not None]
                 notes.append(f"compile {statistics.median(cs):.1f}s (sdcli's log)" if cs else "compile time n/a")
             rows.append([r["label"], code(r["flags"]) if r["flags"] else "(plain)", fmt_s(r["median_s"]) + cell(r),
-                         fmt_range(r["seconds"]), fmt_x(r["ratio_to_plain"]), fmt_mib(r["rss_kib"]),
+                         fmt_range(r["seconds"]), fmt_x(r["ratio_to_plain"]), fmt_cpu(r), fmt_noise(r), fmt_mib(r["rss_kib"]),
                          fmt_pixels(r.get("pixels_vs_plain")) if r["flags"] else "(reference)", "; ".join(notes)])
         off = op.get("offload_cpu")
         if off:
             msg = off["error_lines"][0] if off["error_lines"] else f"exit {off['rc']}"
-            rows.append([off["label"], code(off["flags"]), f"{fmt_s(off['seconds'])} (exit {off['rc']})", "", "", "",
+            rows.append([off["label"], code(off["flags"]), f"{fmt_s(off['seconds'])} (exit {off['rc']})", "", "", "", "", "",
                          "", ("CUDA only: clear error: " if off["clear_error"] else "**not a clear error**: ") + code(msg)])
         for mi in op.get("missing", []):
-            rows.append([mi["label"], code(mi["flags"]), "not measured", "", "", "", "", "this sdcli has no such option"])
-        L += table(["option", "flags", "median s", "min / max s", "ratio to plain", "peak RSS", "image vs plain", "notes"], rows)
+            rows.append([mi["label"], code(mi["flags"]), "not measured", "", "", "", "", "", "", "this sdcli has no such option"])
+        L += table(["option", "flags", "median s", "min / max s", "ratio to plain", "CPU s", "others' CPU s", "peak RSS",
+                    "image vs plain", "notes"], rows)
         L += [""]
     if res.get("failures"):
         L += ["## Unexpected exits", ""] + [f"- {code(f)}" for f in res["failures"]] + [""]
     L += [f"Raw numbers: `{res['json_path']}`."]
     return "\n".join(L) + "\n"
+
+
+NOISE_NOTE = ("`CPU s`: the child's user+system CPU time (median); `others' CPU s`: CPU seconds the rest of the "
+              "machine used while it ran (median / max; near 0 = a quiet machine).")
+
+
+def fmt_cpu(row: dict) -> str:
+    xs = row.get("cpu_s") or []
+    return fmt_s(statistics.median(xs)) if xs else "n/a"
+
+
+def fmt_noise(row: dict) -> str:
+    xs = [x for x in row.get("other_cpu_s") or [] if x is not None]
+    return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "n/a"
+
+
+def paired_median(o: dict) -> Optional[float]:
+    xs = next((r["paired_ratios"] for r in o["rows"] if r["label"] == "sdcli"), None)
+    return statistics.median(xs) if xs else None
 
 
 def runs_text(n: int) -> str:

@@ -120,10 +120,10 @@ def load_config(task: str, values: dict[str, Any]):
 
 def generate(task: str, values: dict[str, Any]) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
+    cfg = load_config(task, values)  # argument and config errors end here, before any other import
     from . import runner
     from .progress import make_reporter
 
-    cfg = load_config(task, values)
     p = runner.plan(cfg)
     reporter = make_reporter(cfg.quiet)
     if values.get("dry_run"):
@@ -216,9 +216,7 @@ def config_show(
 ) -> None:
     """Print the resolved config (defaults < --config files < --set) as YAML."""
     from . import config as config_mod
-    from .tasks import get
 
-    get(task)
     cfg = config_mod.load(task, config, set_, {})
     sys.stdout.write(config_mod.to_yaml(cfg))
 

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -131,6 +131,7 @@ ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": 
                "init_img": "image", "init_image": "image", "input": "image", "mask_image": "mask",
                "edit": "prompt", "cfg_text": "scale", "cfg_image": "image_guidance_scale"}
 RESIZE_MODES = ("crop", "resize")
+TASK_NAMES = ("txt2img", "img2img", "inpaint", "depth2img", "instruct-edit")  # tasks.TASKS has the details
 OFFLOADS = ("none", "model", "sequential")
 
 
@@ -215,6 +216,13 @@ def load(
 
     An original LDM inference YAML among ``config_files`` is not merged: it becomes ``model_config``.
     """
+    if task not in TASK_NAMES:
+        raise UsageError(f"--task {task}: unknown task{suggest(task, TASK_NAMES)}; one of {', '.join(TASK_NAMES)}")
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    if not config_files and not sets and all(_typed(k, v) for k, v in explicit.items()):
+        # Flags alone, already typed by the CLI: no YAML to merge, so skip OmegaConf (start-up time).
+        check_keys(explicit, "command line")
+        return validate(RunConfig(**{"task": task, **explicit}))
     from omegaconf import OmegaConf
 
     conf = OmegaConf.structured(RunConfig(task=task))
@@ -245,7 +253,6 @@ def load(
             except Exception:
                 raise UsageError(f"--set {item}: cannot parse it; expected key=value") from None
         conf = _merge(conf, data, f"--set {item}")
-    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
     if ldm_config and "model_config" not in explicit:
         explicit["model_config"] = ldm_config
     conf = _merge(conf, explicit, "command line")
@@ -256,6 +263,20 @@ def load(
     if cfg.task != task:
         raise UsageError(f"config: task '{cfg.task}' does not match the subcommand '{task}'; remove the task key")
     return validate(cfg)
+
+
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _typed(key: str, value: Any) -> bool:
+    """Is ``value`` already of the schema type of ``key`` (so OmegaConf has nothing to convert)?"""
+    if key not in FIELDS or key == "task":
+        return False
+    name = str(FIELDS[key].type).removeprefix("Optional[").removesuffix("]")
+    expected = _TYPES.get(name)
+    if expected is None or (isinstance(value, bool) and name != "bool"):
+        return False
+    return isinstance(value, expected)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -272,6 +293,9 @@ def check_size(name: str, value: Optional[int]) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that can be checked without files or models; normalise aliases. Pure."""
+    for name in ("scale", "eta", "strength", "image_guidance_scale"):
+        if isinstance(getattr(cfg, name), int):
+            setattr(cfg, name, float(getattr(cfg, name)))
     cfg.scheduler = SCHEDULER_ALIASES.get(cfg.scheduler.lower(), cfg.scheduler.lower())
     _require(cfg.scheduler in SCHEDULERS or cfg.scheduler == "model",
              f"--scheduler {cfg.scheduler}: unknown scheduler{suggest(cfg.scheduler, SCHEDULER_CHOICES)}; "
@@ -310,6 +334,19 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    import yaml
+    """The config as YAML (flat scalars: strings in JSON's double-quoted form, which YAML reads the same).
+    Written by hand so that `sdcli config show` needs no YAML library import (start-up time)."""
+    import json
 
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+    def scalar(v: Any) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        # JSON's escapes are YAML's; escape too what YAML reads as line breaks or refuses as non-printable.
+        return re.sub("[\x7f-\x9f\u2028\u2029\ufeff]", lambda m: f"\\u{ord(m.group()):04x}",
+                      json.dumps(v, ensure_ascii=False))
+
+    return "".join(f"{k}: {scalar(v)}\n" for k, v in dataclasses.asdict(cfg).items())

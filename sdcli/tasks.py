@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import images
+from .config import TASK_NAMES
 from .errors import UsageError
 from .prompts import Job, Row
 
@@ -213,6 +214,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          "outputs/instruct-edit-samples", image_input=True, image_guidance=True,
          a1111_names={"image_guidance_scale": "Image CFG scale"}),
 )}
+
+
+assert tuple(TASKS) == TASK_NAMES
 
 
 def get(name: str) -> Task:
