@@ -763,6 +763,10 @@ def report(res: dict) -> str:
             if "compile_s" in r:
                 cs = [x for x in r["compile_s"] if x is not None]
                 notes.append(f"compile {statistics.median(cs):.1f}s (sdcli's log)" if cs else "compile time n/a")
+                if cs and len(cs) == len(r["seconds"]):
+                    rest = statistics.median(t - c for t, c in zip(r["seconds"], r["compile_s"]))
+                    plain_median = op["rows"][0]["median_s"]
+                    notes.append(f"without the compile {fmt_s(rest)}s ({fmt_x(rest / plain_median)} plain)")
             rows.append([r["label"], code(r["flags"]) if r["flags"] else "(plain)", fmt_s(r["median_s"]) + cell(r),
                          fmt_range(r["seconds"]), fmt_x(r["ratio_to_plain"]), fmt_cpu(r), fmt_noise(r), fmt_mib(r["rss_kib"]),
                          fmt_pixels(r.get("pixels_vs_plain")) if r["flags"] else "(reference)", "; ".join(notes)])

@@ -214,7 +214,8 @@ def load(
 ) -> RunConfig:
     """Merge defaults, YAML files, ``--set`` dot-lists and explicit flags into a validated RunConfig.
 
-    An original LDM inference YAML among ``config_files`` is not merged: it becomes ``model_config``.
+    An original LDM inference YAML or a diffusers folder among ``config_files`` is not merged: it becomes
+    ``model_config`` (the architecture of a single-file checkpoint).
     """
     if task not in TASK_NAMES:
         raise UsageError(f"--task {task}: unknown task{suggest(task, TASK_NAMES)}; one of {', '.join(TASK_NAMES)}")
@@ -228,6 +229,9 @@ def load(
     conf = OmegaConf.structured(RunConfig(task=task))
     ldm_config = None
     for name in config_files or []:
+        if (Path(name).expanduser() / "model_index.json").is_file():  # a diffusers folder for a single file
+            ldm_config = name
+            continue
         path = find_config(name)
         data = read_yaml(path)
         if data is None:

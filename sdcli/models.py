@@ -161,8 +161,12 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
     except (UsageError, ModelUnavailable):
         raise
     except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError with long texts
+        hint = ""
+        if source.kind == "single_file" and "original_config" in kwargs:
+            hint = (" (an LDM YAML takes the text encoder and tokenizer configs from the hub or its cache; "
+                    "offline, give --model-config with a local diffusers folder instead)")
         raise ModelUnavailable(f"--model {source.location}: cannot load it as {pipeline_class}: "
-                               f"{_first_line(e)}") from e
+                               f"{_first_line(e)}{hint}") from e
     pipe.set_progress_bar_config(disable=True)
     if cfg.offload == "none":
         pipe = pipe.to(device)

@@ -244,6 +244,16 @@ def test_single_file_checkpoint_with_local_config(sdcli, tiny, tmp_path):
     assert sdcli("txt2img", "--model", tiny(), *common, "--outdir", tmp_path / "folder").code == 0
     assert np.array_equal(pixels(tmp_path / "sf/samples/00000.png"), pixels(tmp_path / "folder/samples/00000.png"))
     assert manifest(tmp_path / "sf")[0]["model"] == "model"
+    # --config with the diffusers folder works the same (the CompVis spelling)
+    r = sdcli("txt2img", "--model", single, "--config", tiny(), *common, "--outdir", tmp_path / "cfgdir")
+    assert r.code == 0, r.err
+    assert np.array_equal(pixels(tmp_path / "cfgdir/samples/00000.png"), pixels(tmp_path / "folder/samples/00000.png"))
+    # an original LDM inference YAML is taken as the architecture; offline it needs the hub's CLIP configs
+    ldm = tmp_path / "v1-inference.yaml"
+    ldm.write_text("model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    unet_config:\n"
+                   "      target: ldm.modules.diffusionmodules.openaimodel.UNetModel\n      params: {in_channels: 4}\n")
+    r = sdcli("txt2img", "--model", single, "--config", ldm, *common, "--outdir", tmp_path / "ldm")
+    assert r.one_error(3, "LDM YAML", "--model-config")
     # without a config it is a clear usage error, before loading anything
     r = sdcli("txt2img", "--model", single, *common, "--outdir", tmp_path / "x")
     assert r.one_error(2, "--model-config")
@@ -303,3 +313,11 @@ def test_live_progress_on_a_terminal(tiny):
     rep.image(0, "samples/00000.png", 1, True)
     rep.close()
     assert "images" in stream.getvalue() and "flagged" in stream.getvalue()
+
+
+@pytest.mark.parametrize("precision,recorded", [("autocast", "float32"), ("full", "float32"), ("bf16", "bfloat16")])
+def test_precision_aliases_on_cpu(sdcli, tiny, tmp_path, precision, recorded):
+    r = sdcli("txt2img", "--model", tiny(), *FAST, "--n_samples", 1, "--n_iter", 1, "--precision", precision,
+              "--device", "cpu", "--outdir", tmp_path)
+    assert r.code == 0, r.err
+    assert manifest(tmp_path)[0]["precision"] == recorded and manifest(tmp_path)[0]["device"] == "cpu"
