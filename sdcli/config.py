@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UsageError
+from .files import read_user_file
 
 # Canonical scheduler names -> (diffusers class, extra from_config kwargs, A1111 sampler name).
 SCHEDULERS: dict[str, tuple[str, dict, str]] = {
@@ -154,15 +155,11 @@ def is_ldm_config(data: Any) -> bool:
 def read_yaml(path: str) -> Any:
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--config {path}: no such file; give the path of a YAML file")
+    raw = read_user_file(path, f"--config {path}", "a YAML file", 16 * 1024 * 1024, allow_empty=True)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
-    except OSError as e:
-        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

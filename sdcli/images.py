@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UsageError
+from .files import read_user_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_INPUT_SIDE = 16384
 MAX_INPUT_PIXELS = 64 * 1024 * 1024
+MAX_INPUT_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,18 +73,8 @@ def inspect(path: str, flag: str) -> ImageInfo:
     (and decompression bombs) are reported before the model loads."""
     from PIL import Image, UnidentifiedImageError
 
-    p = Path(path)
     name = f"{flag} {path}"
-    if not p.exists():
-        raise UsageError(f"{name}: no such file")
-    if not p.is_file():
-        raise UsageError(f"{name}: not a file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
-    if not data:
-        raise UsageError(f"{name}: empty file")
+    data = read_user_file(path, name, "an image file (PNG, JPEG or WebP)", MAX_INPUT_BYTES)
     import io
     import warnings
 
@@ -105,7 +97,7 @@ def inspect(path: str, flag: str) -> ImageInfo:
         raise UsageError(f"{name}: too many pixels (decompression bomb?); scale it down first") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UsageError(f"{name}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from None
-    return ImageInfo(str(p), w, h, hashlib.sha256(data).hexdigest())
+    return ImageInfo(str(Path(path)), w, h, hashlib.sha256(data).hexdigest())
 
 
 def _round8(x: float) -> int:

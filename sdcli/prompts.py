@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from .config import ROW_ALIASES, ROW_KEYS, SCHEDULER_ALIASES, SCHEDULERS, RunConfig, check_size, suggest
 from .errors import UsageError
+from .files import read_user_file
 
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"  # the CompVis txt2img default
 MAX_PROMPT_FILE = 64 * 1024 * 1024
@@ -132,16 +133,7 @@ def read_prompt_file(path: str, extra_keys: frozenset = frozenset()) -> list[Row
     """Parse a .txt/.jsonl/.yaml/.csv prompt file into rows. Errors name the file and line."""
     p = Path(path)
     name = f"--from-file {path}"
-    if not p.exists():
-        raise UsageError(f"{name}: no such file")
-    if not p.is_file():
-        raise UsageError(f"{name}: not a regular file; give a .txt, .jsonl, .yaml or .csv prompt file")
-    try:
-        if p.stat().st_size > MAX_PROMPT_FILE:
-            raise UsageError(f"{name}: larger than {MAX_PROMPT_FILE >> 20} MiB; split it")
-        raw = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
+    raw = read_user_file(path, name, "a .txt, .jsonl, .yaml or .csv prompt file", MAX_PROMPT_FILE, allow_empty=True)
     if b"\0" in raw:
         raise UsageError(f"{name}: binary data (NUL bytes); give a text prompt file")
     try:
