@@ -12,13 +12,13 @@ import inspect
 import json
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import typer
 
-try:  # typer >= 0.26 vendors click as typer._click
+try:  # typer >= 0.26 vendors click as typer._click (sdcli pins < 0.26 for start-up time, see pyproject)
     from typer._click import exceptions as click_exc
-except ImportError:  # pragma: no cover - older typer with click
+except ImportError:
     from click import exceptions as click_exc
 
 from . import __version__
@@ -49,7 +49,7 @@ class Opt:
 
 
 # Options that are not config keys.
-CONFIG_FILES = Opt("config", Optional[List[str]], O(None, "--config", "-c", help="Run config YAML (repeatable; later wins), a preset name from configs/, or an original LDM inference YAML for a single-file model."))
+CONFIG_FILES = Opt("config", Optional[List[str]], O(None, "--config", "-c", help="Run config YAML (repeatable; later wins), a preset name from configs/; for a single-file model also its diffusers folder or original LDM inference YAML."))
 SETS = Opt("set_", Optional[List[str]], O(None, "--set", help="Override one config key: --set steps=30 (repeatable)."))
 SHARED = [
     Opt("prompt", Optional[str], O(None, "--prompt", "-p", help="The prompt (default: the original scripts' one).")),
@@ -156,7 +156,7 @@ def add_generating_command(task: str, help_text: str, extra: list[Opt] = ()) -> 
     """Register ``sdcli TASK`` with the shared options plus the task's own (which may replace a shared
     one of the same name, to add spellings)."""
     own = {o.name: o for o in extra}
-    opts = [own.pop(o.name, o) for o in SHARED[:-2]] + list(own.values()) + SHARED[-2:]
+    opts = [own.pop(o.name, o) for o in SHARED] + list(own.values())
 
     def command(**values: Any) -> None:
         try:
