@@ -107,6 +107,10 @@ def run_once(argv: list[str], env: dict, timeout: float) -> Run:
         killer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C / SIGTERM of the harness: do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             killer.cancel()
         seconds = time.perf_counter() - t0
@@ -130,6 +134,7 @@ class Spec:
     shown: str  # the command as the report shows it
     expect_rc: int = 0
     runs: list[Run] = field(default_factory=list)
+    discarded: list[Run] = field(default_factory=list)  # noisy runs measured again
 
     def seconds(self) -> list[float]:
         return [r.seconds for r in self.runs]
@@ -154,6 +159,7 @@ class Spec:
                 "other_cpu_s": [None if r.other_cpu_s is None else round(r.other_cpu_s, 2) for r in self.runs],
                 "rc": [r.rc for r in self.runs],
                 "median_s": round(self.median(), 4) if self.runs else None,
+                "discarded_noisy_s": [round(r.seconds, 3) for r in self.discarded],
                 "stderr_tail": tail(self.stderr0(), 600) if self.runs and not self.ok else None}
 
 
@@ -166,34 +172,70 @@ class Bench:
         self.args = args
         self.env = child_env(args.smoke)
         self.tmp = Path(tempfile.mkdtemp(prefix="sdcli-bench-"))
-        self.results: dict = {"sections": {}}
         self.failures: list[str] = []
         self.model: Optional[str] = None
         self.cached = False
+        self.waited_s = 0.0
 
     # running
-    def alternate(self, specs: list[Spec], runs: int) -> None:
-        """A B C A B C ...: every round runs each command once, in the same order."""
+    def alternate(self, specs: list[Spec], runs: int, guard: bool = True) -> None:
+        """A B C A B C ...: every round runs each command once, in the same order.
+
+        With ``guard`` (and --max-noise > 0), each run waits for a quiet machine first, and a run during which
+        other processes used more than --max-noise cores is discarded and repeated (up to --retries times)."""
+        a = self.args
+        guard = guard and a.max_noise > 0
         for i in range(runs):
             for spec in specs:
-                total, rss, cpu, other = 0.0, 0, 0.0, 0.0
-                for argv in spec.make(i):  # a group's times add up; it stops at the first unexpected exit
-                    last = run_once(argv, self.env, self.args.timeout)
-                    total += last.seconds
-                    rss = max(rss, last.rss_kib)
-                    cpu += last.cpu_s
-                    other = None if other is None or last.other_cpu_s is None else other + last.other_cpu_s
-                    if last.rc != spec.expect_rc:
-                        break
-                spec.runs.append(Run(total, rss, last.rc, last.stdout, last.stderr, cpu, other))
-                flag = "" if last.rc == spec.expect_rc else f"  UNEXPECTED exit {last.rc}: {tail(last.stderr, 300)}"
-                noise = f", others used {other:.1f} CPU-s meanwhile" if other is not None else ""
-                log(f"  [{i + 1}/{runs}] {spec.label}: {total:.3f}s (CPU {cpu:.1f}s), rc {last.rc}, "
-                    f"peak RSS {rss / 1024:.0f} MiB{noise}{flag}")
+                for attempt in range(a.retries + 1 if guard else 1):
+                    if guard:
+                        self.wait_quiet()
+                    run = self._run_spec(spec, i)
+                    noisy = guard and run.other_cpu_s is not None and run.other_cpu_s > a.max_noise * run.seconds
+                    flag = "" if run.rc == spec.expect_rc else f"  UNEXPECTED exit {run.rc}: {tail(run.stderr, 300)}"
+                    noise = f", others used {run.other_cpu_s:.1f} CPU-s meanwhile" if run.other_cpu_s is not None else ""
+                    last_try = attempt == a.retries
+                    verdict_ = " -> discarded (noisy), again" if noisy and not last_try else \
+                        " -> kept although noisy (out of retries)" if noisy else ""
+                    log(f"  [{i + 1}/{runs}] {spec.label}: {run.seconds:.3f}s (CPU {run.cpu_s:.1f}s), rc {run.rc}, "
+                        f"peak RSS {run.rss_kib / 1024:.0f} MiB{noise}{flag}{verdict_}")
+                    if noisy and not last_try and run.rc == spec.expect_rc:
+                        spec.discarded.append(run)
+                        continue
+                    spec.runs.append(run)
+                    break
         for spec in specs:
             if not spec.ok:
                 self.failures.append(f"{spec.label}: exit {[r.rc for r in spec.runs]} "
                                      f"(expected {spec.expect_rc}): {tail(spec.stderr0(), 300)}")
+
+    def _run_spec(self, spec: Spec, i: int) -> Run:
+        total, rss, cpu, other = 0.0, 0, 0.0, 0.0
+        for argv in spec.make(i):  # a group's times add up; it stops at the first unexpected exit
+            last = run_once(argv, self.env, self.args.timeout)
+            total += last.seconds
+            rss = max(rss, last.rss_kib)
+            cpu += last.cpu_s
+            other = None if other is None or last.other_cpu_s is None else other + last.other_cpu_s
+            if last.rc != spec.expect_rc:
+                break
+        return Run(total, rss, last.rc, last.stdout, last.stderr, cpu, other)
+
+    def wait_quiet(self) -> None:
+        """Wait (up to --wait-quiet seconds) until other processes use at most --max-noise cores."""
+        a = self.args
+        deadline = time.monotonic() + a.wait_quiet
+        waited = 0.0
+        while True:
+            b0 = busy_cpu_seconds()
+            time.sleep(1.0)
+            b1 = busy_cpu_seconds()
+            if b0 is None or b1 is None or b1 - b0 <= a.max_noise or time.monotonic() > deadline:
+                break
+            waited += 1.0
+        if waited >= 5:
+            log(f"  waited {waited:.0f}s for the machine to be quiet")
+        self.waited_s += waited
 
     def out(self, name: str) -> Path:
         return self.tmp / name
@@ -289,7 +331,9 @@ class Bench:
         specs = [Spec(f"startup:{label}", label, (lambda i, argv=argv: [argv]), self.show(argv), rc)
                  for label, argv, rc in cmds]
         log(f"startup: {len(specs)} commands x {runs} runs, alternated")
-        self.alternate(specs, runs)
+        if self.args.max_noise > 0:
+            self.wait_quiet()
+        self.alternate(specs, runs, guard=False)  # 0.1 s runs: too short for the per-run noise check
         base = specs[0].median()
         rows = []
         for s in specs:
@@ -414,9 +458,9 @@ class Bench:
             specs.append(Spec(f"options:{slug}", label,
                               (lambda i, slug=slug, flags=flags: [self.sdcli_gen(str(self.out(f"opt-{slug}-{i}")), *flags)]),
                               " ".join(flags)))
-        log(f"options: {len(specs)} commands x {a.runs} runs, alternated"
+        log(f"options: {len(specs)} commands x {a.options_runs} runs, alternated"
             + (f"; not in this sdcli: {', '.join(m['flags'] for m in missing)}" if missing else ""))
-        self.alternate(specs, a.runs)
+        self.alternate(specs, a.options_runs)
         plain_png = self.out("opt-plain-0") / "samples" / "00000.png"
         rows = [{**plain.as_json(), "flags": "", "ratio_to_plain": 1.0}]
         for s in specs[1:]:
@@ -435,13 +479,13 @@ class Bench:
         elif self.cuda():
             s = Spec("options:offload", label, lambda i: [self.sdcli_gen(str(self.out(f"opt-offload-{i}")), *flags)],
                      " ".join(flags))
-            self.alternate([s], a.runs)
+            self.alternate([s], a.options_runs)
             rows.append({**s.as_json(), "flags": s.shown, "ratio_to_plain": ratio(s, plain)})
         else:
             s = Spec("options:offload", label, lambda i: [self.sdcli_gen(str(self.out("opt-offload")), *flags)],
                      " ".join(flags), expect_rc=2)
             log("options: --offload model on a CPU machine (expect exit 2, one error line)")
-            self.alternate([s], 1)
+            self.alternate([s], 1, guard=False)
             r = s.runs[0]
             lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
             errors = [ln for ln in lines if ln.startswith("sdcli: error:")]
@@ -451,7 +495,7 @@ class Bench:
             if not clear:
                 self.failures.append(f"--offload model on CPU: expected exit 2 and one 'sdcli: error:' line naming CUDA; "
                                      f"got exit {r.rc}: {tail(r.stderr, 300)}")
-        return {"runs": a.runs, "rows": rows, "missing": missing, "offload_cpu": offload}
+        return {"runs": a.options_runs, "rows": rows, "missing": missing, "offload_cpu": offload}
 
     _cuda: Optional[bool] = None
 
@@ -617,7 +661,7 @@ def fmt_pixels(p: Optional[dict]) -> str:
     return "identical" if p["identical"] else f"max abs diff {p['max_abs_diff']} (mean {p.get('mean_abs_diff')})"
 
 
-def cell(row: dict, status_ok: bool = True) -> str:
+def cell(row: dict) -> str:
     rc = row.get("rc") or []
     bad = [c for c in rc if c != row.get("expect_rc", 0)]
     return "" if not bad else f" (**exit {bad[0]}**)"
@@ -646,6 +690,12 @@ def report(res: dict) -> str:
          "(`paired` = the per-round ratios). All children had one identical environment: "
          + ("OMP_NUM_THREADS as the caller set it (smoke run)" if res["smoke"] else "OMP_NUM_THREADS unset (torch uses every core)")
          + ", `HF_HUB_OFFLINE=1`, `TRANSFORMERS_VERBOSITY=error`.", ""]
+    st = res.get("settings", {})
+    if st.get("max_noise"):
+        L += [f"Noise guard (a shared machine): before each model run the harness waited for the other processes to "
+              f"use at most {st['max_noise']} cores (up to {st.get('wait_quiet', 0):.0f}s; "
+              f"{res.get('waited_quiet_s', 0):.0f}s waited in all), and a run during which they used more was "
+              f"discarded and run again (up to {st.get('retries')} times; the discarded times are in the JSON).", ""]
     if res.get("model"):
         L += [f"`$MODEL` = `{res['model']}` ({fmt_gib(res.get('model_bytes'))} on disk): "
               + ("sdcli's built-in tiny random-weight txt2img model (smoke run: the numbers measure the harness, not SD)."
@@ -693,6 +743,8 @@ def report(res: dict) -> str:
             if r.get("added_s_vs_sdcli") is not None:
                 extra.append(f"+{r['added_s_vs_sdcli']:.2f}s vs sdcli" if r["added_s_vs_sdcli"] >= 0
                              else f"{r['added_s_vs_sdcli']:.2f}s vs sdcli")
+            if r.get("discarded_noisy_s"):
+                extra.append(f"{len(r['discarded_noisy_s'])} noisy run(s) repeated")
             loads = [x for x in (r.get("sdcli_load_s") or []) if x is not None]
             if loads:
                 extra.append(f"model load (sdcli's log) {statistics.median(loads):.1f}s")
@@ -819,6 +871,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="sdcli benchmarks -> BENCHMARKS.md", epilog=f"sections: {', '.join(SECTIONS)}")
     ap.add_argument("--only", help="comma-separated sections to run [all]")
     ap.add_argument("--runs", type=int, default=None, help="runs per command for overhead, memory, options [3]")
+    ap.add_argument("--options-runs", type=int, default=None, help="runs per command for options [--runs]")
     ap.add_argument("--startup-runs", type=int, default=None, help="runs per command for startup [10]")
     ap.add_argument("--batch-runs", type=int, default=None, help="runs per way for batch [1]")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps [4; smoke 2]")
@@ -828,15 +881,24 @@ def parse_args(argv=None):
     ap.add_argument("--output", help="markdown report [BENCHMARKS.md at the repo root]")
     ap.add_argument("--json", help="raw numbers [benchmarks/results.json; with --output: beside it, .json]")
     ap.add_argument("--timeout", type=float, default=1800, help="kill a command after this many seconds [1800]")
+    ap.add_argument("--max-noise", type=float, default=None,
+                    help="discard and repeat a run during which other processes used more than this many cores "
+                         "(0 = keep every run) [0.1; smoke 0]")
+    ap.add_argument("--retries", type=int, default=3, help="repeats of a noisy run [3]")
+    ap.add_argument("--wait-quiet", type=float, default=300,
+                    help="before each run, wait up to this many seconds for other processes to use <= --max-noise cores [300]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary output folder")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown (--output) from a results JSON")
     a = ap.parse_args(argv)
     one = 1 if a.smoke else None
     a.runs = a.runs or one or 3
     a.startup_runs = a.startup_runs or one or 10
+    a.options_runs = a.options_runs or a.runs
     a.batch_runs = a.batch_runs or 1
     a.steps = a.steps or (2 if a.smoke else 4)
     a.size = a.size or (64 if a.smoke else 256)
+    if a.max_noise is None:
+        a.max_noise = 0.0 if a.smoke else 0.1
     a.sections = SECTIONS if not a.only else tuple(x.strip() for x in a.only.split(",") if x.strip())
     unknown = [x for x in a.sections if x not in SECTIONS]
     if unknown:
@@ -857,14 +919,21 @@ def main(argv=None) -> int:
         log(f"wrote {args.output} from {args.render}")
         return 0
     t0 = time.perf_counter()
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # so the running child is killed too (run_once)
     if not Path(SDCLI).exists():
         raise SystemExit(f"bench: no sdcli console script beside {sys.executable}; run `make install` and use the venv's python")
     bench = Bench(args)
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     res = {"argv": sys.argv[1:] if argv is None else list(argv), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "commit": git_commit(), "smoke": args.smoke, "machine": machine(), "versions": versions(),
-           "settings": {"runs": args.runs, "startup_runs": args.startup_runs, "batch_runs": args.batch_runs,
-                        "steps": args.steps, "size": args.size, "sections": list(args.sections)},
+           "settings": {"runs": args.runs, "options_runs": args.options_runs, "startup_runs": args.startup_runs, "batch_runs": args.batch_runs,
+                        "steps": args.steps, "size": args.size, "sections": list(args.sections),
+                        "max_noise": args.max_noise, "retries": args.retries, "wait_quiet": args.wait_quiet},
            "sections": {}}
     try:
         for name in SECTIONS:
@@ -888,6 +957,7 @@ def main(argv=None) -> int:
             pass
     res["load_avg"] = [load0, os.getloadavg()[0]] if load0 is not None else None
     res["failures"] = bench.failures
+    res["waited_quiet_s"] = round(bench.waited_s, 1)
     res["elapsed_s"] = round(time.perf_counter() - t0, 1)
     res["json_path"] = display_path(str(args.json.resolve()))
     args.output.parent.mkdir(parents=True, exist_ok=True)

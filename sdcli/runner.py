@@ -83,6 +83,7 @@ class Generator:
 
         cfg = p.cfg
         self.plan, self.reporter = p, reporter
+        models.quiet_libraries()
         self.device = models.resolve_device(cfg.device)
         self.dtype = models.resolve_dtype(cfg.precision, self.device)
         models.check_options(cfg, self.device)
@@ -133,10 +134,13 @@ class Generator:
         planned = int(first.steps * prepared.kwargs["strength"]) if "strength" in prepared.kwargs else first.steps
         steps_run = 0
 
+        step_times: list[float] = []
+
         def on_step(pipe, i, t, kwargs):
             nonlocal steps_run
             if stop is not None and stop.requested:
                 raise StopRequested
+            step_times.append(time.monotonic())
             steps_run += 1
             self.reporter.step(steps_run, planned)
             return kwargs
@@ -151,10 +155,11 @@ class Generator:
             callback_on_step_end=on_step,
         )
         kwargs.update(prepared.kwargs)
+        t_start = time.monotonic()
         with torch.inference_mode():
-            if self.plan.cfg.compile:
-                self.warm_up(len(batch), first.scale, width, height)
             images = self.pipe(**kwargs).images
+        if self.plan.cfg.compile:
+            self.report_compile((len(batch), width, height, first.scale > 1), t_start, step_times)
         flags = self.checker.check(images) if self.checker else [False] * len(images)
         return [black_like(im) if f else im for im, f in zip(images, flags)], flags, prepared.depth, steps_run
 
@@ -182,22 +187,18 @@ class Generator:
             out["negative_prompt_embeds"] = torch.cat([ne for _, ne in pairs])
         return out
 
-    def warm_up(self, n: int, scale: float, width: int, height: int) -> None:
-        """--compile: compile the UNet for this batch shape with a dummy call, timed and reported apart."""
-        import torch
 
-        unet = self.pipe.unet
-        factor = getattr(self.pipe, "vae_scale_factor", 8)
-        copies = 3 if self.plan.task.image_guidance else 2 if scale > 1 else 1
-        shape = (n * copies, unet.config.in_channels, height // factor, width // factor)
-        if shape in self.warmed:
+    def report_compile(self, shape: tuple, t_start: float, step_times: list[float]) -> None:
+        """--compile: the first step of each new batch shape compiles the UNet; its extra time over the
+        later steps is the compile time, reported apart."""
+        if shape in self.warmed or not step_times:
             return
-        t0 = time.monotonic()
-        sample = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        context = torch.zeros((shape[0], 77, unet.config.cross_attention_dim), dtype=self.dtype, device=self.device)
-        unet(sample, torch.tensor(999, device=self.device), encoder_hidden_states=context)
         self.warmed.add(shape)
-        self.reporter.info(f"compiled the UNet in {time.monotonic() - t0:.1f}s (batch shape {list(shape)})")
+        first = step_times[0] - t_start
+        later = sorted(b - a for a, b in zip(step_times, step_times[1:]))
+        typical = later[len(later) // 2] if later else 0.0
+        self.reporter.info(f"compiled the UNet in {max(0.0, first - typical):.1f}s (first step {first:.1f}s, "
+                           f"later steps {typical:.2f}s each)")
 
 
 def record_for(p: Plan, gen: Generator, job: prompts.Job, batch_size: int, steps_run: int, nsfw: bool,
