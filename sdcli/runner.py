@@ -20,6 +20,9 @@ from .models import Source, resolve_source
 from .progress import Reporter
 
 
+GRID_MAX_IMAGES = 256  # a grid holds every image of the run in memory
+
+
 @dataclass
 class Plan:
     cfg: RunConfig
@@ -349,6 +352,10 @@ def _run(p: Plan, reporter: Reporter, stop: Stop) -> Summary:
         reporter.info("nothing to generate")
         return summary
 
+    want_grid = not cfg.skip_grid and cfg.output is None
+    if want_grid and len(p.jobs) > GRID_MAX_IMAGES:
+        reporter.warn(f"no grid for a run of {len(p.jobs)} images (at most {GRID_MAX_IMAGES}); the samples are all saved")
+        want_grid = False
     gen = Generator(p, reporter)
     summary.timings["load_s"] = round(time.monotonic() - t0, 3)
     payload = cfg.watermark_text.encode("utf-8") if cfg.watermark else None
@@ -393,8 +400,9 @@ def _run(p: Plan, reporter: Reporter, stop: Stop) -> Summary:
                 summary.generated += 1
                 summary.flagged += flagged
                 reporter.image(job.index, path, job.seed, flagged)
-                new_images[job.index] = image
-        if new_images and not cfg.skip_grid and cfg.output is None and not stop.requested:
+                if want_grid:
+                    new_images[job.index] = image
+        if new_images and not stop.requested:
             summary.grid = write_grid(p, grid_images(p, new_images, done), payload, reporter)
     except (StopRequested, KeyboardInterrupt):
         summary.interrupted = True
