@@ -107,18 +107,21 @@ def test_task_key_for_another_subcommand_is_an_error(tmp_path):
 # --- unknown keys and wrong types ------------------------------------------------------------------------
 
 
+def _setting(tmp_path, where: str, key: str, value: str) -> dict:
+    """load() arguments that set ``key`` to the YAML text ``value`` from a config file, --set or a flag."""
+    if where == "yaml":
+        return {"config_files": [write(tmp_path / "c.yaml", f"{key}: {value}\n")]}
+    if where == "set":
+        return {"sets": [f"{key}={value}"]}
+    return {"flags": {key: yaml.safe_load(value)}}
+
+
 @pytest.mark.parametrize("where", ["yaml", "set", "flags"])
 @pytest.mark.parametrize("key, close", [("step", "steps"), ("n_sample", "n_samples"),
                                         ("negative-prompt", "negative_prompt"), ("sheduler", "scheduler")])
 def test_unknown_key_names_it_and_suggests_a_close_one(tmp_path, where, key, close):
-    if where == "yaml":
-        kwargs = {"config_files": [write(tmp_path / "c.yaml", f"{key}: 3\n")]}
-    elif where == "set":
-        kwargs = {"sets": [f"{key}=3"]}
-    else:
-        kwargs = {"flags": {key: 3}}
     with pytest.raises(UsageError) as e:
-        load(**kwargs)
+        load(**_setting(tmp_path, where, key, "3"))
     assert f"'{key}'" in str(e.value)
     assert f"did you mean '{close}'" in str(e.value)
 
@@ -139,14 +142,8 @@ def test_unknown_key_far_from_any_gets_no_suggestion():
 @pytest.mark.parametrize("key, value", [("steps", "abc"), ("scale", "high"), ("n_samples", "[1, 2]"),
                                         ("fixed_code", "maybe")])
 def test_wrong_type_names_the_key(tmp_path, where, key, value):
-    if where == "yaml":
-        kwargs = {"config_files": [write(tmp_path / "c.yaml", f"{key}: {value}\n")]}
-    elif where == "set":
-        kwargs = {"sets": [f"{key}={value}"]}
-    else:
-        kwargs = {"flags": {key: yaml.safe_load(value)}}
     with pytest.raises(UsageError) as e:
-        load(**kwargs)
+        load(**_setting(tmp_path, where, key, value))
     assert f"'{key}'" in str(e.value)
 
 
