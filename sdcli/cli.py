@@ -22,7 +22,7 @@ except ImportError:
     from click import exceptions as click_exc
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SdcliError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SdcliError, one_line
 
 app = typer.Typer(
     name="sdcli",
@@ -108,9 +108,6 @@ def load_config(task: str, values: dict[str, Any]):
 
             raise UsageError(f"--{flag} and --scheduler {values['scheduler']}: give one of them")
     flags = {k: v for k, v in values.items() if k not in NOT_CONFIG and v is not None}
-    if flags.get("output") is not None:  # edit_cli.py --output makes one image
-        flags.setdefault("n_samples", 1)
-        flags.setdefault("n_iter", 1)
     if values.get("plms"):
         flags["scheduler"] = "pndm"
     if values.get("dpm"):
@@ -122,15 +119,14 @@ def generate(task: str, values: dict[str, Any]) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     cfg = load_config(task, values)  # argument and config errors end here, before any other import
     from . import runner
+    from .plan import plan
     from .progress import make_reporter
 
-    p = runner.plan(cfg)
+    p = plan(cfg)
     reporter = make_reporter(cfg.quiet)
     if values.get("dry_run"):
-        for job in p.jobs:
-            print(json.dumps({"index": job.index, "prompt": job.prompt, "seed": job.seed, "steps": job.steps,
-                              "scale": job.scale, "W": job.W, "H": job.H, "scheduler": job.scheduler,
-                              **({"error": job.error} if job.error else {})}))
+        for line in p.dry_run():
+            print(json.dumps(line))
         reporter.info(f"dry run: {len(p.jobs)} image(s) in {len(p.batches)} batch(es) into {p.outdir}, "
                       f"model {p.source.name} ({p.source.kind})")
         return EXIT_OK
@@ -228,25 +224,9 @@ def watermark_decode(
 ) -> None:
     """Print the invisible watermark payload of each image."""
     from . import postprocess
-    from .errors import UsageError
-    from .outputs import read_metadata
 
     for path in images:
-        text = read_metadata(path)
-        n = length
-        if n is None:
-            try:
-                n = len((json.loads(text.get("sdcli", "{}")).get("watermark") or "SDV2").encode())
-            except ValueError:
-                n = 4
-        if n < 1 or n > 64:
-            raise UsageError(f"--length {n}: must be between 1 and 64 bytes")
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if not postprocess.can_watermark(*im.size):
-                raise UsageError(f"{path}: {im.size[0]}x{im.size[1]} is under 256x256 and cannot carry a watermark")
-            payload = postprocess.decode_watermark(im, n)
+        payload = postprocess.read_watermark(path, length)
         print(f"{path}: {payload.decode('utf-8', errors='replace')}")
 
 
@@ -278,10 +258,6 @@ def root(version: bool = O(False, "--version", callback=_version, is_eager=True,
     """Stable Diffusion from the command line."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI; return the exit code. Errors become one line on stderr (tracebacks only with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -294,14 +270,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     except click_exc.ClickException as e:
         hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
-        print(f"sdcli: error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
+        print(f"sdcli: error: {one_line(e.format_message())}{hint}", file=sys.stderr)
         return e.exit_code if e.exit_code != 1 else EXIT_USAGE
     except SdcliError as e:
         if debug:
             import traceback
 
             traceback.print_exc()
-        print(f"sdcli: error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"sdcli: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print("sdcli: interrupted", file=sys.stderr)
@@ -309,7 +285,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as e:  # a bug, or an environment problem we did not foresee
         if debug:
             raise
-        print(f"sdcli: error: {type(e).__name__}: {_one_line(str(e))[:500]} (rerun with --debug for a traceback)",
+        print(f"sdcli: error: {type(e).__name__}: {one_line(str(e))[:500]} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 1
 

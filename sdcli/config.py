@@ -8,46 +8,19 @@ row only (``prompts.py``). Nothing here imports torch or diffusers.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UsageError
+from . import limits, schedulers
+from .errors import UsageError, first_line, suggest
 from .files import read_user_file
-
-# Canonical scheduler names -> (diffusers class, extra from_config kwargs, A1111 sampler name).
-SCHEDULERS: dict[str, tuple[str, dict, str]] = {
-    "ddim": ("DDIMScheduler", {}, "DDIM"),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),
-    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
-    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
-    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
-    "dpm2": ("KDPM2DiscreteScheduler", {}, "DPM2"),
-    "dpm2-a": ("KDPM2AncestralDiscreteScheduler", {}, "DPM2 a"),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
-    "dpm++sde": ("DPMSolverSinglestepScheduler", {}, "DPM++ SDE"),
-    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
-    "ddpm": ("DDPMScheduler", {}, "DDPM"),
-    "deis": ("DEISMultistepScheduler", {}, "DEIS"),
-}
-SCHEDULER_ALIASES = {"plms": "pndm", "euler_a": "euler-a", "euler-ancestral": "euler-a", "dpmpp2m": "dpm++2m",
-                     "dpm++2m_karras": "dpm++2m-karras", "dpm": "dpm++2m"}
-# "model" keeps the scheduler the model was saved with.
-SCHEDULER_CHOICES = ["model", *SCHEDULERS, *SCHEDULER_ALIASES]
 
 PRECISIONS = {"auto": "auto", "autocast": "auto", "fp32": "fp32", "full": "fp32", "float32": "fp32",
               "fp16": "fp16", "half": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-MAX_SIDE = 4096
-MAX_BATCH = 64
-MAX_STEPS = 1000
-MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -121,9 +94,6 @@ class RunConfig:
     # Terminal
     quiet: bool = False
 
-    def sampler_name(self) -> str:
-        return "Model default" if self.scheduler == "model" else SCHEDULERS[self.scheduler][2]
-
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys of a prompt-file row that override the config for that row.
@@ -134,11 +104,8 @@ ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": 
 RESIZE_MODES = ("crop", "resize")
 TASK_NAMES = ("txt2img", "img2img", "inpaint", "depth2img", "instruct-edit")  # tasks.TASKS has the details
 OFFLOADS = ("none", "model", "sequential")
-
-
-def suggest(key: str, choices) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+# A command-line flag that changes other defaults: instruct-edit's --output (edit_cli.py) makes one image.
+IMPLIED = {"output": {"n_samples": 1, "n_iter": 1}}
 
 
 def check_keys(data: dict, where: str, allowed=FIELDS) -> None:
@@ -217,6 +184,9 @@ def load(
     if task not in TASK_NAMES:
         raise UsageError(f"--task {task}: unknown task{suggest(task, TASK_NAMES)}; one of {', '.join(TASK_NAMES)}")
     explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    for flag, implied in IMPLIED.items():
+        if flag in explicit:
+            explicit = {**implied, **explicit}
     if not config_files and not sets and all(_typed(k, v) for k, v in explicit.items()):
         # Flags alone, already typed by the CLI: no YAML to merge, so skip OmegaConf (start-up time).
         check_keys(explicit, "command line")
@@ -260,7 +230,7 @@ def load(
     try:
         cfg: RunConfig = OmegaConf.to_object(conf)
     except Exception as e:  # an unresolvable ${...} interpolation, for one
-        raise UsageError(f"config: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"config: {first_line(e)}") from None
     if cfg.task != task:
         raise UsageError(f"config: task '{cfg.task}' does not match the subcommand '{task}'; remove the task key")
     return validate(cfg)
@@ -285,49 +255,25 @@ def _require(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def check_size(name: str, value: Optional[int]) -> None:
-    if value is None:
-        return
-    _require(8 <= value <= MAX_SIDE, f"--{name} {value}: must be between 8 and {MAX_SIDE} pixels")
-    _require(value % 8 == 0, f"--{name} {value}: must be a multiple of 8 (e.g. {max(8, value // 8 * 8)})")
-
-
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that can be checked without files or models; normalise aliases. Pure."""
     for name in ("scale", "eta", "strength", "image_guidance_scale"):
         if isinstance(getattr(cfg, name), int):
             setattr(cfg, name, float(getattr(cfg, name)))
-    cfg.scheduler = SCHEDULER_ALIASES.get(cfg.scheduler.lower(), cfg.scheduler.lower())
-    _require(cfg.scheduler in SCHEDULERS or cfg.scheduler == "model",
-             f"--scheduler {cfg.scheduler}: unknown scheduler{suggest(cfg.scheduler, SCHEDULER_CHOICES)}; "
-             f"choose one of: model, {', '.join(SCHEDULERS)}")
+    cfg.scheduler = schedulers.canonical(cfg.scheduler, f"--scheduler {cfg.scheduler}")
     precision = PRECISIONS.get(cfg.precision.lower())
     _require(precision is not None, f"--precision {cfg.precision}: unknown; choose auto, fp32, fp16 or bf16")
     cfg.precision = precision
     cfg.device = cfg.device.lower()
     _require(bool(DEVICE_RE.match(cfg.device)), f"--device {cfg.device}: unknown; choose auto, cpu, cuda, cuda:N or mps")
-    _require(1 <= cfg.steps <= MAX_STEPS, f"--steps {cfg.steps}: must be between 1 and {MAX_STEPS}")
-    _require(0 <= cfg.scale <= 100, f"--scale {cfg.scale}: must be between 0 and 100")
-    check_size("H", cfg.H)
-    check_size("W", cfg.W)
-    _require(1 <= cfg.n_samples <= MAX_BATCH, f"--n_samples {cfg.n_samples}: must be between 1 and {MAX_BATCH}")
-    _require(1 <= cfg.n_iter <= 100000, f"--n_iter {cfg.n_iter}: must be between 1 and 100000")
-    _require(0 <= cfg.n_rows <= 1000, f"--n_rows {cfg.n_rows}: must be between 0 and 1000")
-    _require(1 <= cfg.repeat <= 10000, f"--repeat {cfg.repeat}: must be between 1 and 10000")
-    _require(0 <= cfg.seed <= MAX_SEED, f"--seed {cfg.seed}: must be between 0 and {MAX_SEED}")
-    _require(0.0 <= cfg.eta <= 1.0, f"--eta {cfg.eta}: must be between 0 and 1")
+    for key in limits.LIMITS:
+        limits.check(key, getattr(cfg, key))
     _require(not (cfg.prompt is not None and cfg.from_file is not None),
              "--prompt and --from-file: give one of them, not both")
     if cfg.watermark:
         payload = cfg.watermark_text.encode("utf-8")
         _require(1 <= len(payload) <= 64, f"--watermark-text {cfg.watermark_text!r}: must be 1 to 64 bytes")
-    if cfg.strength is not None:
-        _require(0.0 <= cfg.strength <= 1.0, f"--strength {cfg.strength}: must be between 0 and 1")
-    _require(1.0 <= cfg.image_guidance_scale <= 100,
-             f"--image-guidance-scale {cfg.image_guidance_scale}: must be between 1 and 100")
     _require(cfg.resize_mode in RESIZE_MODES, f"--resize-mode {cfg.resize_mode}: choose crop or resize")
-    if cfg.resolution is not None:
-        _require(64 <= cfg.resolution <= MAX_SIDE, f"--resolution {cfg.resolution}: must be between 64 and {MAX_SIDE}")
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")

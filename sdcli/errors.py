@@ -29,3 +29,26 @@ class ModelUnavailable(SdcliError):
 
 class OutdirBusy(SdcliError):
     exit_code = EXIT_BUSY
+
+
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first non-blank line of an error (libraries raise multi-line texts), at most ``limit`` characters;
+    the exception's class name if it has no text."""
+    text = str(error)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    if not line and isinstance(error, BaseException):
+        line = type(error).__name__
+    return line[:limit]
+
+
+def one_line(text: str) -> str:
+    """A multi-line message joined into one line (what sdcli prints after ``sdcli: error:``)."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def suggest(key: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

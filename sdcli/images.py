@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .files import read_user_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -96,7 +96,7 @@ def inspect(path: str, flag: str) -> ImageInfo:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UsageError(f"{name}: too many pixels (decompression bomb?); scale it down first") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UsageError(f"{name}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from None
+        raise UsageError(f"{name}: damaged or truncated image ({first_line(e, 120)})") from None
     return ImageInfo(str(Path(path)), w, h, hashlib.sha256(data).hexdigest())
 
 
@@ -166,3 +166,25 @@ def load(path: str, W: int, H: int, mode: str, kind: str = "RGB"):
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(background, im)
         return fit(im.convert(kind), W, H, mode)
+
+
+def depth_map(pipe, image, path: Optional[str], width: int, height: int, mode: str):
+    """The depth map for depth2img: from a file (white = near) or the model's depth estimator.
+    Returns (tensor (1, h, w) for the pipeline, PIL L image at the output size)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if path is not None:
+        pil = load(path, width, height, mode, "L")
+        tensor = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)[None]
+        return tensor, pil
+    device, dtype = pipe.device, pipe.depth_estimator.dtype
+    pixels = pipe.feature_extractor(images=image, return_tensors="pt").pixel_values.to(device, dtype)
+    with torch.no_grad():
+        predicted = pipe.depth_estimator(pixels).predicted_depth.float().cpu()  # (1, h, w)
+    d = predicted[0].numpy()
+    span = float(d.max() - d.min()) or 1.0
+    pil = Image.fromarray(((d - d.min()) / span * 255).round().astype(np.uint8), "L").resize((width, height),
+                                                                                           Image.Resampling.BICUBIC)
+    return predicted, pil

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import SCHEDULERS, RunConfig
-from .errors import ModelUnavailable, UsageError
+from .config import RunConfig
+from .errors import ModelUnavailable, UsageError, first_line
+from .libraries import quiet_libraries
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -26,6 +27,14 @@ class Source:
     location: str  # folder path, file path or hub id
     name: str  # what metadata calls the model
     config: Optional[str] = None  # single file: local diffusers folder or original LDM YAML
+    builtin: Optional[str] = None  # --model tiny: the task whose tiny model the folder holds (built on first load)
+
+    def materialize(self) -> None:
+        """Build a built-in model's folder if it is not cached yet (plans name it; runs build it)."""
+        if self.builtin is not None:
+            from . import tiny
+
+            tiny.ensure(self.builtin)
 
 
 def offline() -> bool:
@@ -37,7 +46,7 @@ def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
     if model == "tiny":
         from . import tiny
 
-        return Source("folder", str(tiny.ensure(task)), "tiny")
+        return Source("folder", str(tiny.folder(task)), "tiny", builtin=task)
     path = Path(model).expanduser()
     looks_like_path = path.is_absolute() or model.startswith((".", "~"))
     if path.is_dir():
@@ -111,24 +120,6 @@ def resolve_dtype(precision: str, device: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def quiet_libraries() -> None:
-    """Silence library progress bars and info logs: sdcli reports progress itself."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import warnings
-
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import huggingface_hub.utils
-
-    huggingface_hub.utils.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
-
-
 def _accepted(cls, kwargs: dict) -> dict:
     import inspect
 
@@ -166,7 +157,7 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
             hint = (" (an LDM YAML takes the text encoder and tokenizer configs from the hub or its cache; "
                     "offline, give --model-config with a local diffusers folder instead)")
         raise ModelUnavailable(f"--model {source.location}: cannot load it as {pipeline_class}: "
-                               f"{_first_line(e)}{hint}") from e
+                               f"{first_line(e)}{hint}") from e
     pipe.set_progress_bar_config(disable=True)
     if cfg.offload == "none":
         pipe = pipe.to(device)
@@ -201,7 +192,7 @@ def apply_options(pipe, cfg: RunConfig, device: str) -> None:
 
 def compile_unet(pipe, device: str) -> None:
     """torch.compile the UNet. On the CPU, inductor's freezing (constant-folding the weights) is what
-    makes it pay off (DESIGN.md §9: 1.6-1.8x at 256 px after a long first compile)."""
+    makes it pay off (BENCHMARKS.md, options: the compile time and the speed after it)."""
     import torch
 
     if device == "cpu":
@@ -209,29 +200,6 @@ def compile_unet(pipe, device: str) -> None:
 
         inductor_config.freezing = True
     pipe.unet = torch.compile(pipe.unet)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
-def make_scheduler(name: str, base_config: Any):
-    """A scheduler by canonical name, built from the model's own scheduler config.
-
-    Options the model's config does not state keep the model's intent: clip_sample stays off (the SD
-    releases ship a PNDM config without it, and DDIM would turn it on).
-    """
-    import diffusers
-
-    if name == "model":
-        return None
-    cls_name, extra, _ = SCHEDULERS[name]
-    cls = getattr(diffusers, cls_name)
-    kwargs = dict(extra)
-    config = dict(base_config)
-    kwargs.setdefault("clip_sample", config.get("clip_sample", False))
-    return cls.from_config(config, **kwargs)
 
 
 def default_size(pipe) -> tuple[int, int]:

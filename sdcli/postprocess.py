@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ModelUnavailable
+from .errors import ModelUnavailable, UsageError, first_line
 
 WATERMARK_MIN_PIXELS = 256 * 256  # dwtDct refuses smaller images
 PROCESSOR_FOLDERS = ("safety_feature_extractor", "feature_extractor")
@@ -91,8 +91,7 @@ def load_safety_checker(where: Optional[str], device: str, dtype, configured: bo
     except ModelUnavailable:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelUnavailable(f"safety checker: cannot load it from {where} ({first}); give one with "
+        raise ModelUnavailable(f"safety checker: cannot load it from {where} ({first_line(e, 200)}); give one with "
                                f"--safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}") from e
     return SafetyChecker(model.to(device).eval(), processor, device, dtype)
 
@@ -161,3 +160,24 @@ def decode_watermark(image, n_bytes: int) -> bytes:
 
     bgr = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
     return WatermarkDecoder("bytes", n_bytes * 8).decode(bgr, "dwtDct")
+
+
+def read_watermark(path: str, length: Optional[int] = None) -> bytes:
+    """The watermark payload of an image file. ``length`` in bytes; by default the length of the payload its
+    sdcli metadata records, else of the default payload (4 bytes)."""
+    from PIL import Image
+
+    from .outputs import read_metadata
+
+    n = length
+    if n is None:
+        try:
+            n = len((json.loads(read_metadata(path).get("sdcli", "{}")).get("watermark") or "SDV2").encode())
+        except ValueError:
+            n = 4
+    if n < 1 or n > 64:
+        raise UsageError(f"--length {n}: must be between 1 and 64 bytes")
+    with Image.open(path) as im:
+        if not can_watermark(*im.size):
+            raise UsageError(f"{path}: {im.size[0]}x{im.size[1]} is under 256x256 and cannot carry a watermark")
+        return decode_watermark(im, n)

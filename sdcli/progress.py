@@ -36,9 +36,9 @@ class Reporter:
         seeds = ", ".join(str(j.seed) for j in jobs)
         job = jobs[0]
         steps = f"{job.steps} steps"
-        if "strength" in job.inputs:
-            steps = f"{int(job.steps * job.inputs['strength'])} of {steps} (strength {job.inputs['strength']})"
-        image = f", input {job.inputs['image']}" if "image" in job.inputs else ""
+        if job.strength is not None:
+            steps = f"{job.denoising_steps} of {steps} (strength {job.strength})"
+        image = f", input {job.inputs.image.path}" if job.inputs is not None else ""
         self.info(f"batch {number}/{total}: {len(jobs)} image(s), {steps}, seeds {seeds}{image}")
 
     def step(self, done: int, steps: int) -> None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ROW_ALIASES, ROW_KEYS, SCHEDULER_ALIASES, SCHEDULERS, RunConfig, check_size, suggest
-from .errors import UsageError
+from . import limits, schedulers
+from .config import ROW_ALIASES, ROW_KEYS, RunConfig
+from .errors import UsageError, suggest
 from .files import read_user_file
 
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"  # the CompVis txt2img default
@@ -31,12 +32,18 @@ MAX_PROMPT_FILE = 64 * 1024 * 1024
 
 @dataclass
 class Row:
-    """One prompt with its per-row overrides (keys of config.ROW_KEYS, plus task inputs)."""
+    """One prompt with its per-row overrides (keys of config.ROW_KEYS, plus raw task input fields)."""
 
     prompt: str
     overrides: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "file:line" for messages
     error: Optional[str] = None  # a per-row input problem: the row's jobs fail, the others run
+    inputs: Any = None  # the task's checked inputs (tasks.TaskInputs), set by Task.expand_rows
+
+
+def denoising_steps(steps: int, strength: Optional[float]) -> int:
+    """The steps an image task really runs: ``steps x strength`` (diffusers' rule), else ``steps``."""
+    return steps if strength is None else int(steps * strength)
 
 
 @dataclass
@@ -52,64 +59,46 @@ class Job:
     scheduler: str
     eta: float
     iteration: int
-    inputs: dict[str, Any] = field(default_factory=dict)  # task inputs (init image, mask, strength...)
+    inputs: Any = None  # the task's inputs (tasks.TaskInputs: frozen, hashable), None for txt2img
     source: str = ""
     error: Optional[str] = None
+    id: str = ""  # stable identity (see job_id), set by make_jobs
+
+    @property
+    def strength(self) -> Optional[float]:
+        return getattr(self.inputs, "strength", None)
+
+    @property
+    def denoising_steps(self) -> int:
+        return denoising_steps(self.steps, self.strength)
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
-        inputs = tuple(sorted(self.inputs.items()))
-        return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, inputs)
+        return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, self.inputs)
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "error")}
+        """What makes the image: every setting, task inputs as a flat mapping."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("source", "error", "id", "inputs")}
+        out["inputs"] = self.inputs.fields() if self.inputs is not None else {}
+        return out
 
     def job_id(self, model: str, task: str) -> str:
-        """Stable identity: a hash of what makes the image, including its index in the run."""
+        """Stable identity: a hash of what makes the image, including its index in the run (--resume's key).
+        ``make_jobs`` computes it once, as ``id``."""
         data = json.dumps({"task": task, "model": model, **self.settings()}, sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def _check_row_value(key: str, value: Any, where: str) -> Any:
-    def num(kind, lo, hi):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UsageError(f"{where}: '{key}' must be a number, got {value!r}")
-        try:
-            v = kind(value)
-            if kind is int and float(value) != v:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-        if not lo <= v <= hi:
-            raise UsageError(f"{where}: '{key}' {v} must be between {lo} and {hi}")
-        return v
-
     if key in ("prompt", "negative_prompt"):
         if not isinstance(value, str):
             raise UsageError(f"{where}: '{key}' must be text, got {value!r}")
         return value
-    if key == "seed":
-        return num(int, 0, 2**63 - 1)
-    if key == "steps":
-        return num(int, 1, 1000)
-    if key in ("scale",):
-        return num(float, 0, 100)
-    if key in ("eta", "strength"):
-        return num(float, 0, 1)
-    if key == "image_guidance_scale":
-        return num(float, 1, 100)
-    if key in ("W", "H"):
-        v = num(int, 8, 4096)
-        try:
-            check_size(key, v)
-        except UsageError as e:
-            raise UsageError(f"{where}: {str(e).lstrip('-')}") from None
-        return v
+    if key in limits.LIMITS:
+        return limits.parse(key, value, where)
     if key == "scheduler":
-        name = SCHEDULER_ALIASES.get(str(value).lower(), str(value).lower())
-        if name not in SCHEDULERS and name != "model":
-            raise UsageError(f"{where}: unknown scheduler {value!r}{suggest(name, SCHEDULERS)}")
-        return name
+        return schedulers.canonical(value, f"{where}: scheduler {value!r}")
     return value
 
 
@@ -220,8 +209,8 @@ def rows_for(cfg: RunConfig, extra_keys: frozenset = frozenset()) -> list[Row]:
     return [Row(prompt=prompt, source="--prompt")]
 
 
-def make_jobs(cfg: RunConfig, rows: list[Row], task_inputs: dict[str, Any] | None = None) -> list[Job]:
-    """Expand rows into one job per image, in generation order, with their seeds."""
+def make_jobs(cfg: RunConfig, rows: list[Row], model: str, task: str) -> list[Job]:
+    """Expand rows into one job per image, in generation order, with their seeds and ids."""
     if cfg.from_file is None:  # one prompt (per input image): n_samples images of it per iteration
         per_iter = [(row, j) for row in rows for j in range(cfg.n_samples)]
     else:
@@ -237,14 +226,14 @@ def make_jobs(cfg: RunConfig, rows: list[Row], task_inputs: dict[str, Any] | Non
                 seed = cfg.seed + pos % cfg.n_samples
             else:
                 seed = cfg.seed + k
-            inputs = dict(task_inputs or {})
-            inputs.update({key: v for key, v in o.items() if key not in ROW_KEYS})
-            jobs.append(Job(
+            job = Job(
                 index=k, prompt=row.prompt, negative_prompt=o.get("negative_prompt", cfg.negative_prompt),
                 seed=seed, steps=o.get("steps", cfg.steps), scale=o.get("scale", cfg.scale),
                 W=o.get("W", cfg.W), H=o.get("H", cfg.H), scheduler=o.get("scheduler", cfg.scheduler),
-                eta=o.get("eta", cfg.eta), iteration=it, inputs=inputs, source=row.source, error=row.error,
-            ))
+                eta=o.get("eta", cfg.eta), iteration=it, inputs=row.inputs, source=row.source, error=row.error,
+            )
+            job.id = job.job_id(model, task)
+            jobs.append(job)
     return jobs
 
 

@@ -1,19 +1,89 @@
-"""Per task: pipeline class, defaults, input images, and the task-specific pipeline arguments.
+"""One small class per task: its pipeline, its typed inputs, its checks and its pipeline arguments.
 
-Everything else (config, prompts, seeds, device, schedulers, safety checker, watermark, outputs,
-manifest) is shared by all tasks in ``runner.py``; a task only adds what is its own.
+Everything else (config, prompts, seeds, device, schedulers, safety checker, watermark, outputs, manifest)
+is shared by all tasks. Adding a task means adding a class here (and its inputs class, if it has its own
+inputs) and registering it in ``TASKS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Optional
 
-from . import images
-from .config import TASK_NAMES
+from . import images, limits
+from .config import TASK_NAMES, RunConfig
 from .errors import UsageError
-from .prompts import Job, Row
+from .prompts import Job, Row, denoising_steps
+
+
+# --- typed inputs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """The checked inputs of an image task's job (frozen: jobs with equal inputs share a batch)."""
+
+    image: InputFile
+    resize_mode: str
+    RECORD_NAMES: ClassVar[dict] = {"image": "input_image", "image_sha256": "input_image_sha256"}
+    A1111: ClassVar[dict] = {}  # field -> A1111 parameter name
+
+    def fields(self) -> dict[str, Any]:
+        """Flat: ``image``, ``image_sha256``, ... (files as path + sha256; unset ones left out)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, InputFile):
+                out[f.name], out[f"{f.name}_sha256"] = value.path, value.sha256
+            elif value is not None:
+                out[f.name] = value
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """Fields for the metadata and the manifest (the input image as ``input_image``)."""
+        return {self.RECORD_NAMES.get(k, k): v for k, v in self.fields().items()}
+
+    def a1111(self) -> dict[str, Any]:
+        return {label: getattr(self, key) for key, label in self.A1111.items()}
+
+
+@dataclass(frozen=True)
+class StrengthInputs(ImageInputs):  # img2img
+    strength: float = 0.75
+    A1111: ClassVar[dict] = {"strength": "Denoising strength"}
+
+
+@dataclass(frozen=True)
+class MaskInputs(StrengthInputs):  # inpaint
+    mask: Optional[InputFile] = None
+
+
+@dataclass(frozen=True)
+class DepthInputs(StrengthInputs):  # depth2img
+    depth_map: Optional[InputFile] = None  # None: estimated by the model
+
+
+@dataclass(frozen=True)
+class EditInputs(ImageInputs):  # instruct-edit
+    image_guidance_scale: float = 1.5
+    A1111: ClassVar[dict] = {"image_guidance_scale": "Image CFG scale"}
+
+
+@dataclass(frozen=True)
+class UncheckedInputs:
+    """A prompt-file row whose inputs failed their checks: kept as given, for its failure record."""
+
+    items: tuple
+
+    def fields(self) -> dict[str, Any]:
+        return dict(self.items)
 
 
 @dataclass
@@ -22,200 +92,209 @@ class Prepared:
     depth: Any = None  # depth2img: the depth map used, as a PIL image (for --save-depth)
 
 
-@dataclass(frozen=True)
+# --- tasks -------------------------------------------------------------------------------------------
+
 class Task:
-    name: str
-    pipeline_class: str
-    default_model: str
-    outdir: str
-    image_input: bool = False  # needs an input image
-    default_strength: Optional[float] = None  # None: the task has no strength
-    mask: bool = False
-    depth: bool = False
-    image_guidance: bool = False
-    a1111_names: dict = field(default_factory=dict)
+    """txt2img: a prompt, no input image."""
+
+    name = "txt2img"
+    pipeline_class = "StableDiffusionPipeline"
+    default_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    row_keys: frozenset = frozenset()  # extra keys a prompt-file row may carry
+
+    @property
+    def outdir(self) -> str:
+        return f"outputs/{self.name}-samples"
+
+    def check(self, cfg: RunConfig) -> None:
+        """Checks of the config that only this task makes."""
+
+    def expand_rows(self, cfg: RunConfig, rows: list[Row]) -> list[Row]:
+        """Attach each row's checked inputs (one row per input image)."""
+        return rows
+
+    def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
+        """Task-specific pipeline arguments for a batch (its jobs share inputs and settings)."""
+        return Prepared({"height": height, "width": width})
+
+
+Info = Callable[[str], images.ImageInfo]  # input key ("image", "mask", ...) -> the checked file
+
+
+class ImageTask(Task):
+    """A task with an input image (a file, folder or glob, or per prompt-file row)."""
+
+    files: tuple = ()  # input files besides the image, from flags or rows ("mask", "depth_map")
+    inputs_class: type = ImageInputs
 
     @property
     def row_keys(self) -> frozenset:
-        """Extra keys a prompt-file row may carry for this task."""
-        keys = set()
-        if self.image_input:
-            keys.add("image")
-        if self.default_strength is not None:
-            keys.add("strength")
-        if self.mask:
-            keys.add("mask")
-        if self.depth:
-            keys.add("depth_map")
-        if self.image_guidance:
-            keys.add("image_guidance_scale")
-        return frozenset(keys)
+        return frozenset({"image", *self.files, *(f.name for f in dataclasses.fields(self.inputs_class))}) \
+            - {"resize_mode"}
 
-    # --- before the model loads ------------------------------------------------------------------
-
-    def expand_rows(self, cfg, rows: list[Row]) -> list[Row]:
-        """Attach and check each row's input images; one row per input image. Sets W/H from the image."""
-        if not self.image_input:
-            return rows
-        cli_inputs = self._cli_inputs(cfg)
+    def expand_rows(self, cfg: RunConfig, rows: list[Row]) -> list[Row]:
+        flagged = self.flag_files(cfg)
         base = Path(cfg.from_file).parent if cfg.from_file else Path(".")
         seen: dict[str, images.ImageInfo] = {}
         out = []
         for row in rows:
-            if "image" in row.overrides:
-                own = {k: row.overrides[k] for k in ("image", "mask", "depth_map") if k in row.overrides}
-                own = {k: str(base / Path(v).expanduser()) for k, v in own.items()}
-                for key, value in cli_inputs[0].items():
-                    own.setdefault(key, value) if key != "image" else None
-                inputs = [own]
-            elif cli_inputs[0].get("image"):
-                inputs = cli_inputs
+            own = "image" in row.overrides
+            if own:
+                files = {k: str(base / Path(row.overrides[k]).expanduser())
+                         for k in ("image", *self.files) if k in row.overrides}
+                inputs = [{**{k: v for k, v in flagged[0].items() if k != "image"}, **files}]
+            elif flagged[0].get("image"):
+                inputs = flagged
             else:
                 raise UsageError(f"{row.source}: no input image; give --image (or an 'image' field in the prompt file)")
-            for inp in inputs:
+            for files in inputs:
+                def info(key: str, files=files) -> images.ImageInfo:
+                    path = files[key]
+                    if path not in seen:
+                        seen[path] = images.inspect(path, f"{row.source}: {key}" if own else f"--{key.replace('_', '-')}")
+                    return seen[path]
                 try:
-                    checked = self._checked(cfg, row, inp, seen)
+                    checked, size = self.checked(cfg, row, files, info)
                 except UsageError as e:
                     # A bad input of one prompt-file row fails that row only, unless --fail-fast.
-                    if "image" not in row.overrides or cfg.fail_fast:
+                    if not own or cfg.fail_fast:
                         raise
-                    out.append(Row(row.prompt, {**row.overrides, **inp}, row.source, error=str(e)))
+                    raw = tuple(sorted({**{k: v for k, v in row.overrides.items() if k in self.row_keys}, **files}.items()))
+                    out.append(Row(row.prompt, row.overrides, row.source, error=str(e), inputs=UncheckedInputs(raw)))
                     continue
-                out.append(Row(row.prompt, {**row.overrides, **checked}, row.source))
+                out.append(Row(row.prompt, {**row.overrides, "W": size[0], "H": size[1]}, row.source, inputs=checked))
         return out
 
-    def _cli_inputs(self, cfg) -> list[dict[str, str]]:
+    def flag_files(self, cfg: RunConfig) -> list[dict[str, str]]:
+        """Input files named by flags: one mapping per input image."""
+        common = {k: getattr(cfg, k) for k in self.files if getattr(cfg, k) is not None}
         if cfg.indir is not None:
-            if not self.mask:
-                raise UsageError(f"--indir: only inpaint takes a folder of image/mask pairs; use --image FOLDER")
-            if cfg.image is not None:
-                raise UsageError("--indir and --image: give one of them")
-            return [{"image": i, "mask": m} for i, m in images.inpaint_pairs(cfg.indir)]
-        common = {k: v for k, v in (("mask", cfg.mask), ("depth_map", cfg.depth_map)) if v is not None}
+            raise UsageError("--indir: only inpaint takes a folder of image/mask pairs; use --image FOLDER")
         if cfg.image is None:
             return [common]
         return [{"image": p, **common} for p in images.expand(cfg.image, "--image")]
 
-    def _checked(self, cfg, row: Row, inp: dict, seen: dict) -> dict[str, Any]:
-        """Validate one row's inputs; return the overrides that make its jobs."""
-        from_row = "image" in row.overrides
-
-        def info(key: str) -> images.ImageInfo:
-            path = inp[key]
-            flag = f"{row.source}: {key}" if from_row else f"--{key.replace('_', '-')}"
-            if path not in seen:
-                seen[path] = images.inspect(path, flag)
-            return seen[path]
-
+    def checked(self, cfg: RunConfig, row: Row, files: dict[str, str], info: Info) -> tuple[ImageInputs, tuple[int, int]]:
+        """One row's inputs, checked, and the output size (W, H)."""
         image = info("image")
-        o: dict[str, Any] = {"image": image.path, "image_sha256": image.sha256}
-        if self.mask:
-            if "mask" not in inp:
-                raise UsageError(f"{row.source}: inpaint needs a mask; give --mask (white = repaint) or --indir")
-            mask = info("mask")
-            if (mask.width, mask.height) != (image.width, image.height):
-                raise UsageError(f"--mask {mask.path}: {mask.width}x{mask.height} differs from the image "
-                                 f"{image.path} ({image.width}x{image.height}); give a mask of the same size")
-            o.update(mask=mask.path, mask_sha256=mask.sha256)
-        if self.depth and "depth_map" in inp:
+        size = images.target_size(image.width, image.height, row.overrides.get("W", cfg.W),
+                                  row.overrides.get("H", cfg.H), cfg.resolution)
+        side = limits.LIMITS["W"]
+        for name, value in zip("WH", size):
+            if not side.lo <= value <= side.hi:
+                raise UsageError(f"--image {image.path}: output {name} {value} out of range; set --W/--H")
+        own = self.own_inputs(cfg, row, files, info, image)
+        return self.inputs_class(image=InputFile(image.path, image.sha256), resize_mode=cfg.resize_mode, **own), size
+
+    def own_inputs(self, cfg: RunConfig, row: Row, files: dict[str, str], info: Info,
+                   image: images.ImageInfo) -> dict[str, Any]:
+        """The fields of this task's inputs class beyond the image."""
+        return {}
+
+    def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
+        inputs = batch[0].inputs
+        image = images.load(inputs.image.path, width, height, inputs.resize_mode)
+        return Prepared({"image": image, **self.pipeline_inputs(inputs, width, height)})
+
+    def pipeline_inputs(self, inputs: ImageInputs, width: int, height: int) -> dict[str, Any]:
+        return {}
+
+
+class Img2Img(ImageTask):
+    name = "img2img"
+    pipeline_class = "StableDiffusionImg2ImgPipeline"
+    inputs_class = StrengthInputs
+    default_strength = 0.75
+
+    def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
+        strength = row.overrides.get("strength", cfg.strength if cfg.strength is not None else self.default_strength)
+        steps = row.overrides.get("steps", cfg.steps)
+        if denoising_steps(steps, strength) < 1:
+            raise UsageError(f"--strength {strength} with --steps {steps} runs no denoising step "
+                             f"(steps x strength < 1); raise --strength or --steps")
+        return {"strength": float(strength)}
+
+    def pipeline_inputs(self, inputs, width, height) -> dict[str, Any]:
+        return {"strength": inputs.strength}
+
+
+class Inpaint(Img2Img):
+    name = "inpaint"
+    pipeline_class = "StableDiffusionInpaintPipeline"
+    default_model = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    inputs_class = MaskInputs
+    default_strength = 1.0
+    files = ("mask",)
+
+    def flag_files(self, cfg: RunConfig) -> list[dict[str, str]]:
+        if cfg.indir is None:
+            return super().flag_files(cfg)
+        if cfg.image is not None:
+            raise UsageError("--indir and --image: give one of them")
+        return [{"image": i, "mask": m} for i, m in images.inpaint_pairs(cfg.indir)]
+
+    def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
+        if "mask" not in files:
+            raise UsageError(f"{row.source}: inpaint needs a mask; give --mask (white = repaint) or --indir")
+        mask = info("mask")
+        if (mask.width, mask.height) != (image.width, image.height):
+            raise UsageError(f"--mask {mask.path}: {mask.width}x{mask.height} differs from the image "
+                             f"{image.path} ({image.width}x{image.height}); give a mask of the same size")
+        return {**super().own_inputs(cfg, row, files, info, image), "mask": InputFile(mask.path, mask.sha256)}
+
+    def pipeline_inputs(self, inputs, width, height) -> dict[str, Any]:
+        mask = images.load(inputs.mask.path, width, height, inputs.resize_mode, "L")
+        return {**super().pipeline_inputs(inputs, width, height), "mask_image": mask, "height": height, "width": width}
+
+
+class Depth2Img(Img2Img):
+    name = "depth2img"
+    pipeline_class = "StableDiffusionDepth2ImgPipeline"
+    default_model = "stabilityai/stable-diffusion-2-depth"
+    inputs_class = DepthInputs
+    default_strength = 0.8
+    files = ("depth_map",)
+
+    def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
+        own = super().own_inputs(cfg, row, files, info, image)
+        if "depth_map" in files:
             depth = info("depth_map")
             if images.is_flat(depth.path):
                 raise UsageError(f"--depth-map {depth.path}: one value everywhere (no depth); give a depth map "
                                  "with near (white) and far (dark) parts, or leave it out to estimate one")
-            o.update(depth_map=depth.path, depth_map_sha256=depth.sha256)
-        W = row.overrides.get("W", cfg.W)
-        H = row.overrides.get("H", cfg.H)
-        o["W"], o["H"] = images.target_size(image.width, image.height, W, H, cfg.resolution)
-        for side, value in (("W", o["W"]), ("H", o["H"])):
-            if not 8 <= value <= 4096:
-                raise UsageError(f"--image {image.path}: output {side} {value} out of range; set --W/--H")
-        if self.default_strength is not None:
-            strength = row.overrides.get("strength", cfg.strength if cfg.strength is not None else self.default_strength)
-            if not 0 <= float(strength) <= 1:
-                raise UsageError(f"{row.source}: strength {strength} must be between 0 and 1")
-            steps = row.overrides.get("steps", cfg.steps)
-            if int(steps * float(strength)) < 1:
-                raise UsageError(f"--strength {strength} with --steps {steps} runs no denoising step "
-                                 f"(steps x strength < 1); raise --strength or --steps")
-            o["strength"] = float(strength)
-        if self.image_guidance:
-            scale = float(row.overrides.get("image_guidance_scale", cfg.image_guidance_scale))
-            if scale < 1:
-                raise UsageError(f"{row.source}: image_guidance_scale {scale} must be >= 1")
-            o["image_guidance_scale"] = scale
-        o["resize_mode"] = cfg.resize_mode
-        return o
-
-    # --- with the model --------------------------------------------------------------------------
+            own["depth_map"] = InputFile(depth.path, depth.sha256)
+        return own
 
     def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
-        """Task-specific pipeline arguments for a batch (its jobs share inputs and settings)."""
-        if not self.image_input:
-            return Prepared({"height": height, "width": width})
-        inp = batch[0].inputs
-        mode = inp["resize_mode"]
-        image = images.load(inp["image"], width, height, mode)
-        kwargs: dict[str, Any] = {"image": [image] * len(batch) if self.image_guidance else image}
-        if self.default_strength is not None:
-            kwargs["strength"] = inp["strength"]
-        if self.mask:
-            kwargs.update(mask_image=images.load(inp["mask"], width, height, mode, "L"), height=height, width=width)
-        if self.image_guidance:
-            kwargs["image_guidance_scale"] = inp["image_guidance_scale"]
-        prepared = Prepared(kwargs)
-        if self.depth:
-            depth, prepared.depth = depth_map(pipe, image, inp.get("depth_map"), width, height, mode)
-            kwargs["depth_map"] = depth
+        prepared = super().prepare(pipe, batch, width, height)
+        inputs = batch[0].inputs
+        path = inputs.depth_map.path if inputs.depth_map else None
+        prepared.kwargs["depth_map"], prepared.depth = images.depth_map(pipe, prepared.kwargs["image"], path, width, height,
+                                                                 inputs.resize_mode)
         return prepared
 
-    def record(self, job: Job) -> dict[str, Any]:
-        """Task-specific fields for metadata and manifest: input files and their hashes, strength..."""
-        keys = ("image", "image_sha256", "mask", "mask_sha256", "depth_map", "depth_map_sha256", "strength",
-                "image_guidance_scale", "resize_mode")
-        return {("input_image" if k == "image" else "input_image_sha256" if k == "image_sha256" else k): job.inputs[k]
-                for k in keys if k in job.inputs}
 
-    def a1111(self, job: Job) -> dict[str, Any]:
-        return {label: job.inputs.get(key) for key, label in self.a1111_names.items()}
+class InstructEdit(ImageTask):
+    name = "instruct-edit"
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+    default_model = "timbrooks/instruct-pix2pix"
+    inputs_class = EditInputs
 
+    def check(self, cfg: RunConfig) -> None:
+        if cfg.prompt is None and cfg.from_file is None:
+            raise UsageError("--prompt: instruct-edit needs the edit instruction (--prompt or --edit)")
 
-def depth_map(pipe, image, path: Optional[str], width: int, height: int, mode: str):
-    """The depth map for depth2img: from a file (white = near) or the model's depth estimator.
-    Returns (tensor (1, h, w) for the pipeline, PIL L image at the output size)."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
+        return {"image_guidance_scale": float(row.overrides.get("image_guidance_scale", cfg.image_guidance_scale))}
 
-    if path is not None:
-        pil = images.load(path, width, height, mode, "L")
-        tensor = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)[None]
-        return tensor, pil
-    device, dtype = pipe.device, pipe.depth_estimator.dtype
-    pixels = pipe.feature_extractor(images=image, return_tensors="pt").pixel_values.to(device, dtype)
-    with torch.no_grad():
-        predicted = pipe.depth_estimator(pixels).predicted_depth.float().cpu()  # (1, h, w)
-    d = predicted[0].numpy()
-    span = float(d.max() - d.min()) or 1.0
-    pil = Image.fromarray(((d - d.min()) / span * 255).round().astype(np.uint8), "L").resize((width, height),
-                                                                                           Image.Resampling.BICUBIC)
-    return predicted, pil
+    def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
+        prepared = super().prepare(pipe, batch, width, height)
+        prepared.kwargs["image"] = [prepared.kwargs["image"]] * len(batch)
+        prepared.kwargs["image_guidance_scale"] = batch[0].inputs.image_guidance_scale
+        return prepared
 
 
-_STRENGTH = {"strength": "Denoising strength"}
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("txt2img", "StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "outputs/txt2img-samples"),
-    Task("img2img", "StableDiffusionImg2ImgPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5",
-         "outputs/img2img-samples", image_input=True, default_strength=0.75, a1111_names=_STRENGTH),
-    Task("inpaint", "StableDiffusionInpaintPipeline", "stable-diffusion-v1-5/stable-diffusion-inpainting",
-         "outputs/inpaint-samples", image_input=True, default_strength=1.0, mask=True, a1111_names=_STRENGTH),
-    Task("depth2img", "StableDiffusionDepth2ImgPipeline", "stabilityai/stable-diffusion-2-depth",
-         "outputs/depth2img-samples", image_input=True, default_strength=0.8, depth=True, a1111_names=_STRENGTH),
-    Task("instruct-edit", "StableDiffusionInstructPix2PixPipeline", "timbrooks/instruct-pix2pix",
-         "outputs/instruct-edit-samples", image_input=True, image_guidance=True,
-         a1111_names={"image_guidance_scale": "Image CFG scale"}),
-)}
-
-
+TASKS: dict[str, Task] = {t.name: t for t in (Task(), Img2Img(), Inpaint(), Depth2Img(), InstructEdit())}
 assert tuple(TASKS) == TASK_NAMES
 
 

@@ -173,18 +173,23 @@ def build(kind: str, folder: str | os.PathLike, flag_everything: bool = False) -
     return folder
 
 
+def folder(task: str) -> Path:
+    """Where the tiny model for ``task`` is cached (it may not be built yet)."""
+    return cache_root() / TINY_KINDS[task]
+
+
 def ensure(task: str) -> Path:
     """The cached tiny model folder for ``task``, built on first use (safe when runs race)."""
     from filelock import FileLock
 
-    from .models import quiet_libraries
+    from .libraries import quiet_libraries
 
-    quiet_libraries()
-    kind = TINY_KINDS[task]
-    root = cache_root()
-    target = root / kind
+    target = folder(task)
     if (target / "model_index.json").is_file():
         return target
+    quiet_libraries()
+    kind = TINY_KINDS[task]
+    root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{kind}.lock")):
         if (target / "model_index.json").is_file():

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from sdcli import config
-from sdcli.config import MAX_BATCH, RunConfig
+from sdcli.config import RunConfig
+from sdcli.limits import MAX_BATCH
 from sdcli.errors import UsageError
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import manifest, pixels, snapshot
 from PIL import Image
 
-from sdcli.outputs import parse_a1111
+from sdcli.records import parse_a1111
 
 DDIM = ["--scheduler", "ddim"]
 ONE = ["--n_samples", 1, "--n_iter", 1]

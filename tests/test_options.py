@@ -9,13 +9,15 @@ from conftest import FAST, pixels
 
 
 def _generator(tiny, tmp_path, **overrides):
-    from sdcli import config, runner
+    from sdcli import config
+    from sdcli.pipeline import LoadedPipeline
+    from sdcli.plan import plan
     from sdcli.progress import Reporter
 
     cfg = config.load("txt2img", flags={"model": str(tiny()), "outdir": str(tmp_path), "steps": 2, "H": 64, "W": 64,
                                         "n_samples": 2, "n_iter": 2, "safety_checker": False, **overrides})
-    p = runner.plan(cfg)
-    return p, runner.Generator(p, Reporter(quiet=True))
+    p = plan(cfg)
+    return p, LoadedPipeline(p, Reporter(quiet=True))
 
 
 def test_options_are_applied_to_the_pipeline(tiny, tmp_path):

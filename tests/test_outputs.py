@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdcli import outputs
+from sdcli import manifest, outputs, records
 from sdcli.errors import UsageError
-from sdcli.outputs import GRID_RE, MANIFEST, SAMPLE_RE, TMP_PREFIX
+from sdcli.manifest import MANIFEST
+from sdcli.outputs import GRID_RE, SAMPLE_RE, TMP_PREFIX
 
 SAMPLE_FMT = "{:05d}.png"
 GRID_FMT = "grid-{:04d}.png"
@@ -141,7 +142,7 @@ PARAMS = {"Steps": 20, "Sampler": "DDIM", "CFG scale": 7.5, "Seed": 42, "Size": 
 
 
 def test_a1111_layout():
-    text = outputs.a1111_parameters("a cat", "blurry", {**PARAMS, "Eta": None})
+    text = records.a1111_parameters("a cat", "blurry", {**PARAMS, "Eta": None})
     assert text.split("\n") == [
         "a cat",
         "Negative prompt: blurry",
@@ -150,7 +151,7 @@ def test_a1111_layout():
 
 
 def test_a1111_without_negative_prompt_has_no_negative_line():
-    text = outputs.a1111_parameters("a cat", "", PARAMS)
+    text = records.a1111_parameters("a cat", "", PARAMS)
     assert text.split("\n")[0] == "a cat"
     assert len(text.split("\n")) == 2 and "Negative prompt" not in text
 
@@ -160,18 +161,18 @@ def test_a1111_round_trip_with_commas_colons_and_quotes():
     negative = "blurry, lowres: bad"
     params = {**PARAMS, "Model": "org/model, v2: final", "Note": 'say "hi", then: bye',
               "Path": "C:\\models\\x.safetensors", "Version": "sdcli 0.1.0"}
-    text = outputs.a1111_parameters(prompt, negative, params)
+    text = records.a1111_parameters(prompt, negative, params)
     last = text.split("\n")[-1]
     assert 'Model: "org/model, v2: final"' in last  # a value with commas or colons is quoted
-    parsed = outputs.parse_a1111(text)
+    parsed = records.parse_a1111(text)
     assert parsed["prompt"] == prompt
     assert parsed["Negative prompt"] == negative
     assert {k: parsed[k] for k in params} == {k: str(v) for k, v in params.items()}
 
 
 def test_a1111_round_trip_multi_line_prompt_and_unicode():
-    text = outputs.a1111_parameters("line one,\nline two \u732b", "neg one\nneg two", PARAMS)
-    parsed = outputs.parse_a1111(text)
+    text = records.a1111_parameters("line one,\nline two \u732b", "neg one\nneg two", PARAMS)
+    parsed = records.parse_a1111(text)
     assert parsed["prompt"] == "line one,\nline two \u732b"
     assert parsed["Negative prompt"] == "neg one\nneg two"
     assert parsed["Seed"] == "42"
@@ -179,14 +180,14 @@ def test_a1111_round_trip_multi_line_prompt_and_unicode():
 
 def test_a1111_rule_needs_three_pairs_on_the_last_line():
     two = "a cat\nSteps: 20, Seed: 1"
-    assert outputs.parse_a1111(two) == {"prompt": two}
-    three = outputs.parse_a1111("a cat\nSteps: 20, Seed: 1, Size: 64x64")
+    assert records.parse_a1111(two) == {"prompt": two}
+    three = records.parse_a1111("a cat\nSteps: 20, Seed: 1, Size: 64x64")
     assert (three["prompt"], three["Steps"], three["Seed"], three["Size"]) == ("a cat", "20", "1", "64x64")
     assert three["Negative prompt"] == ""
 
 
 def test_a1111_text_without_parameters_is_all_prompt():
-    assert outputs.parse_a1111("just a prompt, with: a colon") == {"prompt": "just a prompt, with: a colon"}
+    assert records.parse_a1111("just a prompt, with: a colon") == {"prompt": "just a prompt, with: a colon"}
 
 
 # --- grids -----------------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_grid_without_padding_and_non_square_images():
 
 def test_encode_png_stores_parameters_and_sdcli_chunks(tmp_path):
     image = Image.new("RGB", (16, 8), (10, 20, 30))
-    parameters = outputs.a1111_parameters("a cat, \u732b", "blurry", PARAMS)
+    parameters = records.a1111_parameters("a cat, \u732b", "blurry", PARAMS)
     record = {"prompt": "a cat, \u732b", "seed": 42, "steps": 20, "nested": {"a": [1, 2]}}
     data = outputs.encode_png(image, parameters, record)
     with Image.open(io.BytesIO(data)) as im:
@@ -272,42 +273,42 @@ def test_sha256_of_bytes():
 def test_two_appends_give_both_records_as_complete_lines(tmp_path):
     first = [{"path": "samples/00000.png", "prompt": "a cat, \u732b", "seed": 1}]
     second = [{"path": "samples/00001.png", "seed": 2}, {"path": "samples/00002.png", "seed": 3}]
-    outputs.append_manifest(tmp_path, first)
-    outputs.append_manifest(tmp_path, second)
-    assert outputs.read_manifest(tmp_path) == first + second
+    manifest.append_manifest(tmp_path, first)
+    manifest.append_manifest(tmp_path, second)
+    assert manifest.read_manifest(tmp_path) == first + second
     raw = (tmp_path / MANIFEST).read_bytes()
     assert raw.endswith(b"\n") and raw.count(b"\n") == 3
     assert [json.loads(line) for line in raw.decode("utf-8").split("\n")[:-1]] == first + second
 
 
 def test_append_of_nothing_creates_no_manifest(tmp_path):
-    outputs.append_manifest(tmp_path, [])
+    manifest.append_manifest(tmp_path, [])
     assert not (tmp_path / MANIFEST).exists()
-    assert outputs.read_manifest(tmp_path) == []
+    assert manifest.read_manifest(tmp_path) == []
 
 
 def test_read_manifest_skips_a_torn_last_line(tmp_path):
     (tmp_path / MANIFEST).write_text('{"seed": 1}\n{"seed": 2}\n{"seed": 3, "pro', encoding="utf-8")
-    assert outputs.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 2}]
+    assert manifest.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 2}]
 
 
 def test_append_after_a_torn_line_keeps_the_new_record(tmp_path):
     (tmp_path / MANIFEST).write_text('{"seed": 1}\n{"seed": 2, "pro', encoding="utf-8")  # a killed run
-    outputs.append_manifest(tmp_path, [{"seed": 3}])
-    assert outputs.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 3}]
+    manifest.append_manifest(tmp_path, [{"seed": 3}])
+    assert manifest.read_manifest(tmp_path) == [{"seed": 1}, {"seed": 3}]
 
 
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_manifest_keeps_prompts_with_unicode_line_separators(tmp_path, char):
     records = [{"prompt": f"a cat{char}a dog", "seed": 1}, {"prompt": "ok", "seed": 2}]
-    outputs.append_manifest(tmp_path, records)
-    assert outputs.read_manifest(tmp_path) == records
+    manifest.append_manifest(tmp_path, records)
+    assert manifest.read_manifest(tmp_path) == records
 
 
 def test_read_manifest_skips_a_line_torn_inside_a_utf8_character(tmp_path):
     torn = '{"prompt": "\u732b'.encode("utf-8")[:-1]
     (tmp_path / MANIFEST).write_bytes(b'{"seed": 1}\n' + torn)
-    assert outputs.read_manifest(tmp_path) == [{"seed": 1}]
+    assert manifest.read_manifest(tmp_path) == [{"seed": 1}]
 
 
 # --- prepare_outdir --------------------------------------------------------------------------------------

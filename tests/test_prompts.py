@@ -15,6 +15,9 @@ from sdcli import config, prompts
 from sdcli.config import RunConfig
 from sdcli.errors import UsageError
 from sdcli.prompts import Row, batches, make_jobs, read_prompt_file
+from sdcli.tasks import InputFile, StrengthInputs
+
+ID = ("model", "txt2img")  # what make_jobs hashes into job ids besides the settings
 
 
 def write(path: Path, content: str | bytes) -> str:
@@ -186,7 +189,7 @@ def test_rows_for_empty_prompt_is_an_error():
 
 def test_prompt_makes_n_iter_times_n_samples_jobs_with_consecutive_seeds():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=3, n_iter=2, seed=100))
-    jobs = make_jobs(cfg, prompts.rows_for(cfg))
+    jobs = make_jobs(cfg, prompts.rows_for(cfg), *ID)
     assert len(jobs) == 6
     assert [j.index for j in jobs] == list(range(6))
     assert [j.seed for j in jobs] == [100, 101, 102, 103, 104, 105]
@@ -197,7 +200,7 @@ def test_prompt_makes_n_iter_times_n_samples_jobs_with_consecutive_seeds():
 
 def test_fixed_code_gives_image_i_of_every_batch_the_same_seed():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=3, n_iter=3, seed=100, fixed_code=True))
-    jobs = make_jobs(cfg, prompts.rows_for(cfg))
+    jobs = make_jobs(cfg, prompts.rows_for(cfg), *ID)
     assert [j.seed for j in jobs] == [100, 101, 102] * 3
     for batch in batches(jobs, cfg.n_samples):
         assert [j.seed for j in batch] == [100 + i for i in range(len(batch))]
@@ -206,14 +209,14 @@ def test_fixed_code_gives_image_i_of_every_batch_the_same_seed():
 def test_fixed_code_with_a_prompt_file():
     cfg = from_file_cfg(n_samples=2, n_iter=2, seed=10, fixed_code=True)
     rows = [Row("a"), Row("b"), Row("c")]
-    jobs = make_jobs(cfg, rows)
+    jobs = make_jobs(cfg, rows, *ID)
     for batch in batches(jobs, cfg.n_samples):
         assert [j.seed for j in batch] == [10 + i for i in range(len(batch))]
 
 
 def test_from_file_rows_times_repeat_times_n_iter():
     cfg = from_file_cfg(n_samples=4, n_iter=2, repeat=2, seed=100)
-    jobs = make_jobs(cfg, [Row("a"), Row("b"), Row("c")])
+    jobs = make_jobs(cfg, [Row("a"), Row("b"), Row("c")], *ID)
     assert len(jobs) == 3 * 2 * 2
     assert [j.prompt for j in jobs] == ["a", "a", "b", "b", "c", "c"] * 2
     assert [j.iteration for j in jobs] == [0] * 6 + [1] * 6
@@ -223,13 +226,13 @@ def test_from_file_rows_times_repeat_times_n_iter():
 
 def test_from_file_one_image_per_row_regardless_of_n_samples():
     cfg = from_file_cfg(n_samples=3, n_iter=1)
-    jobs = make_jobs(cfg, [Row("a"), Row("b")])
+    jobs = make_jobs(cfg, [Row("a"), Row("b")], *ID)
     assert [j.prompt for j in jobs] == ["a", "b"]
 
 
 def test_row_seed_is_used_for_its_first_image_and_counts_up_for_repeats():
     cfg = from_file_cfg(n_samples=4, n_iter=2, repeat=2, seed=100)
-    jobs = make_jobs(cfg, [Row("a"), Row("b", {"seed": 500}), Row("c")])
+    jobs = make_jobs(cfg, [Row("a"), Row("b", {"seed": 500}), Row("c")], *ID)
     first = [j for j in jobs if j.prompt == "b" and j.iteration == 0]
     assert [j.seed for j in first] == [500, 501]
     second = [j for j in jobs if j.prompt == "b" and j.iteration == 1]
@@ -240,7 +243,7 @@ def test_row_seed_is_used_for_its_first_image_and_counts_up_for_repeats():
 
 def test_row_seed_wins_over_fixed_code():
     cfg = from_file_cfg(n_samples=2, n_iter=1, repeat=1, seed=100, fixed_code=True)
-    jobs = make_jobs(cfg, [Row("a"), Row("b", {"seed": 7})])
+    jobs = make_jobs(cfg, [Row("a"), Row("b", {"seed": 7})], *ID)
     assert [j.seed for j in jobs] == [100, 7]
 
 
@@ -248,7 +251,7 @@ def test_row_overrides_apply_to_that_row_only():
     cfg = from_file_cfg(n_samples=4, n_iter=1, steps=30, scale=7.0, W=64, H=64, negative_prompt="base neg")
     rows = [Row("a"), Row("b", {"steps": 20, "scale": 3.0, "W": 128, "negative_prompt": "ugly",
                                 "scheduler": "euler", "eta": 0.5}), Row("c")]
-    a, b, c = make_jobs(cfg, rows)
+    a, b, c = make_jobs(cfg, rows, *ID)
     for job in (a, c):
         assert (job.steps, job.scale, job.W, job.H, job.negative_prompt, job.scheduler, job.eta) == \
             (30, 7.0, 64, 64, "base neg", cfg.scheduler, cfg.eta)
@@ -259,19 +262,19 @@ def test_row_overrides_apply_to_that_row_only():
 def test_jobs_from_a_jsonl_file_end_to_end(tmp_path):
     f = write(tmp_path / "p.jsonl", jsonl({"prompt": "a", "width": 128}, {"prompt": "b", "seed": 9}))
     cfg = config.load("txt2img", flags={"from_file": f, "n_samples": 2, "n_iter": 1, "seed": 1, "W": 64})
-    jobs = make_jobs(cfg, prompts.rows_for(cfg))
+    jobs = make_jobs(cfg, prompts.rows_for(cfg), *ID)
     assert [(j.prompt, j.W, j.seed) for j in jobs] == [("a", 128, 1), ("b", 64, 9)]
     assert jobs[0].source == f"{f}:1"
 
 
-def test_task_inputs_and_row_inputs_reach_each_job_separately():
+def test_each_rows_inputs_reach_its_jobs_and_their_ids():
     cfg = from_file_cfg(n_samples=2, n_iter=1)
-    rows = [Row("a", {"strength": 0.3}), Row("b")]
-    a, b = make_jobs(cfg, rows, {"strength": 0.75, "image": "init.png"})
-    assert a.inputs == {"strength": 0.3, "image": "init.png"}
-    assert b.inputs == {"strength": 0.75, "image": "init.png"}
-    a.inputs["image"] = "changed.png"
-    assert b.inputs["image"] == "init.png"
+    one = StrengthInputs(InputFile("init.png", "aa"), "crop", 0.3)
+    two = StrengthInputs(InputFile("init.png", "aa"), "crop", 0.75)
+    a, b = make_jobs(cfg, [Row("a", inputs=one), Row("a", inputs=two)], *ID)
+    assert (a.inputs, b.inputs) == (one, two) and (a.strength, b.strength) == (0.3, 0.75)
+    assert a.settings()["inputs"] == {"image": "init.png", "image_sha256": "aa", "resize_mode": "crop", "strength": 0.3}
+    assert a.id != b.id and len(batches([a, b], 2)) == 2  # different inputs: different work, different batches
 
 
 # --- batches ---------------------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ def flat(groups):
 
 def test_prompt_batches_are_n_samples_each():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=3, n_iter=2))
-    jobs = make_jobs(cfg, prompts.rows_for(cfg))
+    jobs = make_jobs(cfg, prompts.rows_for(cfg), *ID)
     groups = batches(jobs, cfg.n_samples)
     assert [len(g) for g in groups] == [3, 3]
     assert flat(groups) == jobs
@@ -291,7 +294,7 @@ def test_prompt_batches_are_n_samples_each():
 
 def test_from_file_batches_never_mix_iterations():
     cfg = from_file_cfg(n_samples=2, n_iter=2)
-    jobs = make_jobs(cfg, [Row(p) for p in "abcde"])
+    jobs = make_jobs(cfg, [Row(p) for p in "abcde"], *ID)
     groups = batches(jobs, cfg.n_samples)
     assert [len(g) for g in groups] == [2, 2, 1, 2, 2, 1]
     assert all(len({j.iteration for j in g}) == 1 for g in groups)
@@ -300,14 +303,14 @@ def test_from_file_batches_never_mix_iterations():
 
 def test_batches_split_where_settings_differ():
     cfg = from_file_cfg(n_samples=4, n_iter=1)
-    jobs = make_jobs(cfg, [Row("a"), Row("b", {"steps": 20}), Row("c"), Row("d"), Row("e", {"W": 128})])
+    jobs = make_jobs(cfg, [Row("a"), Row("b", {"steps": 20}), Row("c"), Row("d"), Row("e", {"W": 128})], *ID)
     groups = batches(jobs, cfg.n_samples)
     assert [[j.prompt for j in g] for g in groups] == [["a"], ["b"], ["c", "d"], ["e"]]
 
 
 def test_different_seeds_and_negative_prompts_share_a_batch():
     cfg = from_file_cfg(n_samples=4, n_iter=1)
-    jobs = make_jobs(cfg, [Row("a", {"seed": 3}), Row("b", {"negative_prompt": "x"}), Row("c")])
+    jobs = make_jobs(cfg, [Row("a", {"seed": 3}), Row("b", {"negative_prompt": "x"}), Row("c")], *ID)
     assert [len(g) for g in batches(jobs, cfg.n_samples)] == [3]
 
 
@@ -315,7 +318,7 @@ def test_different_seeds_and_negative_prompts_share_a_batch():
 def test_batches_hold_at_most_n_samples_and_keep_order(n_samples, n_iter, repeat, n_rows):
     cfg = from_file_cfg(n_samples=n_samples, n_iter=n_iter, repeat=repeat)
     rows = [Row(f"p{i}", {"steps": 10} if i % 4 == 3 else {}) for i in range(n_rows)]
-    jobs = make_jobs(cfg, rows)
+    jobs = make_jobs(cfg, rows, *ID)
     assert len(jobs) == n_rows * repeat * n_iter
     groups = batches(jobs, n_samples)
     assert all(1 <= len(g) <= n_samples for g in groups)
@@ -328,37 +331,53 @@ def test_batches_hold_at_most_n_samples_and_keep_order(n_samples, n_iter, repeat
 
 def test_job_id_is_stable():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=2, n_iter=2, seed=5))
-    one = [j.job_id("m", "txt2img") for j in make_jobs(cfg, prompts.rows_for(cfg))]
-    two = [j.job_id("m", "txt2img") for j in make_jobs(cfg, prompts.rows_for(cfg))]
+    one = [j.job_id("m", "txt2img") for j in make_jobs(cfg, prompts.rows_for(cfg), *ID)]
+    two = [j.job_id("m", "txt2img") for j in make_jobs(cfg, prompts.rows_for(cfg), *ID)]
     assert one == two
     assert all(len(i) == 16 and int(i, 16) >= 0 for i in one)
     assert len(set(one)) == 4  # every image of a run has its own id
 
 
+def test_job_ids_are_those_of_sdcli_0_1():
+    """--resume finds the work of an outdir written by sdcli 0.1: the same settings give the same ids
+    (the expected values were computed by 0.1's Job.job_id, where task inputs were a flat dict)."""
+    from sdcli.prompts import Job
+    from sdcli.tasks import MaskInputs
+
+    kw = dict(index=3, prompt="a cat", negative_prompt="ugly", seed=45, steps=50, scale=7.5, W=64, H=None,
+              scheduler="ddim", eta=0.0, iteration=1)
+    image = InputFile("in.png", "ab")
+    assert Job(**kw).job_id("m", "txt2img") == "b091dc2bae04f691"
+    assert Job(**kw, inputs=StrengthInputs(image, "crop", 0.5)).job_id("m", "img2img") == "fa086a53c7d7812a"
+    inpaint = MaskInputs(image, "crop", 1.0, InputFile("m.png", "cd"))
+    assert Job(**kw, inputs=inpaint).job_id("m", "inpaint") == "a3b77be75099a59b"
+
+
 def test_job_id_ignores_the_source_location():
     cfg = from_file_cfg(n_samples=1, n_iter=1)
-    job = make_jobs(cfg, [Row("a", source="x.txt:1")])[0]
+    job = make_jobs(cfg, [Row("a", source="x.txt:1")], *ID)[0]
     assert dataclasses.replace(job, source="y.txt:9").job_id("m", "t") == job.job_id("m", "t")
 
 
 def test_fixed_code_images_with_equal_seeds_still_have_distinct_ids():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=2, n_iter=2, fixed_code=True))
-    jobs = make_jobs(cfg, prompts.rows_for(cfg))
+    jobs = make_jobs(cfg, prompts.rows_for(cfg), *ID)
     assert len({j.seed for j in jobs}) == 2
     assert len({j.job_id("m", "txt2img") for j in jobs}) == 4
 
 
 @pytest.mark.parametrize("change", [{"prompt": "a dog"}, {"seed": 43}, {"index": 1}, {"steps": 49},
-                                    {"negative_prompt": "ugly"}, {"W": 128}, {"inputs": {"strength": 0.5}}])
+                                    {"negative_prompt": "ugly"}, {"W": 128},
+                                    {"inputs": StrengthInputs(InputFile("a.png", "aa"), "crop", 0.5)}])
 def test_job_id_changes_with_what_makes_the_image(change):
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=1, n_iter=1, seed=42))
-    job = make_jobs(cfg, prompts.rows_for(cfg))[0]
+    job = make_jobs(cfg, prompts.rows_for(cfg), *ID)[0]
     assert dataclasses.replace(job, **change).job_id("m", "txt2img") != job.job_id("m", "txt2img")
 
 
 def test_job_id_changes_with_model_and_task():
     cfg = config.validate(RunConfig(prompt="a cat", n_samples=1, n_iter=1))
-    job = make_jobs(cfg, prompts.rows_for(cfg))[0]
+    job = make_jobs(cfg, prompts.rows_for(cfg), *ID)[0]
     base = job.job_id("m", "txt2img")
     assert job.job_id("other", "txt2img") != base
     assert job.job_id("m", "img2img") != base

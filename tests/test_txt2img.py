@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import FAST, manifest, pixels, snapshot
 
-from sdcli.outputs import parse_a1111
+from sdcli.records import parse_a1111
 
 ASTRONAUT = "a photograph of an astronaut riding a horse"
 
@@ -151,9 +151,9 @@ def test_required_safety_checker_missing_stops_before_generation(sdcli, tiny, tm
 
 
 def test_every_scheduler_runs_and_is_recorded(sdcli, tiny, tmp_path):
-    from sdcli.config import SCHEDULERS
+    from sdcli.schedulers import NAMES
 
-    for i, name in enumerate(["model", *SCHEDULERS]):
+    for i, name in enumerate(NAMES):
         r = sdcli("txt2img", "--model", tiny(), "--steps", 2, "--H", 64, "--W", 64, "--n_samples", 1,
                   "--n_iter", 1, "--scheduler", name, "--outdir", tmp_path, "--skip-grid", "--no-safety-checker")
         assert r.code == 0, f"{name}: {r.err}"
@@ -161,7 +161,7 @@ def test_every_scheduler_runs_and_is_recorded(sdcli, tiny, tmp_path):
 
 
 def test_scheduler_swap_keeps_the_models_intent(tiny):
-    from sdcli.models import make_scheduler
+    from sdcli.schedulers import make as make_scheduler
 
     base = json.loads((tiny() / "scheduler" / "scheduler_config.json").read_text())
     ddim = make_scheduler("ddim", base)

@@ -1,0 +1,141 @@
+"""The manifest file (OUTDIR/manifest.jsonl): one JSON line per image or failure, appended under a lock;
+samples written together with their line; recovery after a killed run; what --resume finds complete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .outputs import SAMPLE_RE, TMP_PREFIX, link_free, write_temp, read_metadata, relpath, sha256
+from .records import manifest_line
+
+MANIFEST = "manifest.jsonl"
+
+
+@contextlib.contextmanager
+def manifest_lock(outdir: Path):
+    """Exclusive lock on OUTDIR/manifest.jsonl; yields its fd (opened for appending)."""
+    import fcntl
+
+    fd = os.open(Path(outdir) / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _append(fd: int, records: list[dict[str, Any]]) -> None:
+    """Append one JSON line per record in one write, then fsync (caller holds the lock)."""
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line of a killed run: end it first
+        data = b"\n" + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def save_sample(outdir: Path, data: bytes, record: dict[str, Any],
+                companion=None) -> tuple[Path, dict[str, Any]]:
+    """Write a sample under the next free number and its manifest line, together under the manifest
+    lock: a file is never numbered without its line being written right after (a kill -9 in between
+    leaves a complete image that ``recover`` records on the next run). ``companion(target)`` may write
+    a file beside the sample (e.g. its depth map) and return fields for the manifest line."""
+    folder = Path(outdir) / "samples"
+    tmp = write_temp(folder, data)
+    try:
+        with manifest_lock(outdir) as fd:
+            target = link_free(tmp, folder, SAMPLE_RE, "{:05d}.png")
+            extra = companion(target) if companion else {}
+            line = manifest_line(record, relpath(target, Path(outdir)), sha256(data), **extra)
+            _append(fd, [line])
+    finally:
+        os.unlink(tmp)
+    return target, line
+
+
+def record_failures(outdir: Path, records: list[dict[str, Any]]) -> None:
+    if records:
+        with manifest_lock(outdir) as fd:
+            _append(fd, [{**r, "status": "failed"} for r in records])
+
+
+def recover(outdir: Path, stale_after: float = 600.0) -> int:
+    """Heal the outdir after a killed run: record samples that have no manifest line (their embedded
+    sdcli record says what they are), and delete temporary files older than ``stale_after`` seconds.
+    Returns the number of samples recorded."""
+    import time
+
+    outdir = Path(outdir)
+    folder = outdir / "samples"
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX):
+            with contextlib.suppress(OSError):
+                if now - (folder / name).stat().st_mtime > stale_after:
+                    (folder / name).unlink()
+
+    def unrecorded() -> list[Path]:
+        known = {r.get("path") for r in read_manifest(outdir)}
+        return [folder / n for n in sorted(os.listdir(folder)) if SAMPLE_RE.match(n) and f"samples/{n}" not in known]
+
+    if not unrecorded():  # the common case: no lock, no write
+        return 0
+    recovered = []
+    with manifest_lock(outdir) as fd:
+        for path in unrecorded():  # again, under the lock
+            try:
+                record = json.loads(read_metadata(str(path)).get("sdcli", ""))
+                data = path.read_bytes()
+            except Exception:
+                continue  # not an sdcli image: leave it alone
+            if isinstance(record, dict) and "job_id" in record:
+                recovered.append(manifest_line(record, relpath(path, outdir), sha256(data), recovered=True))
+        if recovered:
+            _append(fd, recovered)
+    return len(recovered)
+
+
+def completed(outdir: Path) -> dict[str, dict[str, Any]]:
+    """job_id -> manifest record, for every image that is complete: recorded ok, file present, sha256 equal."""
+    outdir = Path(outdir)
+    done: dict[str, dict[str, Any]] = {}
+    for rec in read_manifest(outdir):
+        if rec.get("status", "ok") != "ok" or "job_id" not in rec or "path" not in rec:
+            continue
+        path = outdir / rec["path"]
+        try:
+            if sha256(path.read_bytes()) == rec.get("sha256"):
+                done[rec["job_id"]] = rec
+        except OSError:
+            continue
+    return done
+
+
+def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
+    """Append one JSON line per record, under the manifest lock, in one write, then fsync."""
+    if records:
+        with manifest_lock(outdir) as fd:
+            _append(fd, records)
+
+
+def read_manifest(outdir: Path) -> list[dict[str, Any]]:
+    path = Path(outdir) / MANIFEST
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a torn line of a killed run (UnicodeDecodeError included)
+            continue
+    return out

@@ -1,0 +1,69 @@
+"""Schedulers: one table of names, aliases, A1111 sampler names and how to build each from a model's config.
+
+``model`` keeps the scheduler the model was saved with. Nothing here imports diffusers until ``make``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError, suggest
+
+MODEL = "model"  # keep the model's own scheduler
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    cls: str  # diffusers class name
+    a1111: str  # AUTOMATIC1111's sampler name (the `Sampler:` field)
+    extra: dict = field(default_factory=dict)  # from_config keyword arguments
+
+
+TABLE: dict[str, Scheduler] = {
+    "ddim": Scheduler("DDIMScheduler", "DDIM"),
+    "pndm": Scheduler("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
+    "lms": Scheduler("LMSDiscreteScheduler", "LMS"),
+    "euler": Scheduler("EulerDiscreteScheduler", "Euler"),
+    "euler-a": Scheduler("EulerAncestralDiscreteScheduler", "Euler a"),
+    "heun": Scheduler("HeunDiscreteScheduler", "Heun"),
+    "dpm2": Scheduler("KDPM2DiscreteScheduler", "DPM2"),
+    "dpm2-a": Scheduler("KDPM2AncestralDiscreteScheduler", "DPM2 a"),
+    "dpm++2m": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M"),
+    "dpm++2m-karras": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}),
+    "dpm++sde": Scheduler("DPMSolverSinglestepScheduler", "DPM++ SDE"),
+    "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),
+    "ddpm": Scheduler("DDPMScheduler", "DDPM"),
+    "deis": Scheduler("DEISMultistepScheduler", "DEIS"),
+}
+ALIASES = {"plms": "pndm", "euler_a": "euler-a", "euler-ancestral": "euler-a", "dpmpp2m": "dpm++2m",
+           "dpm++2m_karras": "dpm++2m-karras", "dpm": "dpm++2m"}
+NAMES = (MODEL, *TABLE)  # canonical names, as --help lists them
+CHOICES = (*NAMES, *ALIASES)  # every spelling accepted
+
+
+def canonical(name: str, where: str) -> str:
+    """The canonical name of ``name`` (any case, any alias); a UsageError starting with ``where`` if unknown."""
+    key = str(name).lower()
+    key = ALIASES.get(key, key)
+    if key not in NAMES:
+        raise UsageError(f"{where}: unknown scheduler{suggest(key, CHOICES)}; choose one of: {', '.join(NAMES)}")
+    return key
+
+
+def a1111_name(name: str) -> str:
+    return TABLE[name].a1111 if name in TABLE else "Model default"
+
+
+def make(name: str, base_config: Any):
+    """The scheduler ``name`` (canonical, not ``model``), built from the model's own scheduler config.
+
+    Options the model's config does not state keep the model's intent: clip_sample stays off (the SD
+    releases ship a PNDM config without it, and DDIM would turn it on).
+    """
+    import diffusers
+
+    entry = TABLE[name]
+    config = dict(base_config)
+    kwargs = {"clip_sample": config.get("clip_sample", False), **entry.extra}
+    return getattr(diffusers, entry.cls).from_config(config, **kwargs)
