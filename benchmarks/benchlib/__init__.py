@@ -1,0 +1,1 @@
+"""The benchmark harness behind ``benchmarks/bench.py`` (see benchmarks/README.md for the layout)."""
