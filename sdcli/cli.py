@@ -21,7 +21,7 @@ try:  # typer >= 0.26 vendors click as typer._click (sdcli pins < 0.26 for start
 except ImportError:
     from click import exceptions as click_exc
 
-from . import __version__
+from . import __version__, schedulers
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SdcliError, one_line
 
 app = typer.Typer(
@@ -70,7 +70,7 @@ SHARED = [
     Opt("n_rows", Optional[int], O(None, "--n-rows", "--n_rows", help="Images per grid row [n_samples].")),
     Opt("seed", Optional[int], O(None, "--seed", help="Base seed: image k of the run uses seed+k [42].")),
     Opt("fixed_code", Optional[bool], O(None, "--fixed-code", "--fixed_code", help="One starting noise for every batch.")),
-    Opt("scheduler", Optional[str], O(None, "--scheduler", "--sampler", help="ddim, pndm/plms, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m, dpm++2m-karras, dpm++sde, unipc, ddpm, deis, or model [ddim].")),
+    Opt("scheduler", Optional[str], O(None, "--scheduler", "--sampler", help=f"{', '.join(schedulers.TABLE)}, or model (the model's own) [ddim]; also {', '.join(schedulers.ALIASES)}.")),
     Opt("plms", bool, O(False, "--plms", help="Same as --scheduler pndm.")),
     Opt("dpm", bool, O(False, "--dpm", help="Same as --scheduler dpm++2m.")),
     Opt("eta", Optional[float], O(None, "--eta", "--ddim_eta", "--ddim-eta", help="DDIM eta (0 = deterministic) [0].")),

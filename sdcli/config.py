@@ -227,10 +227,14 @@ def load(
     if ldm_config and "model_config" not in explicit:
         explicit["model_config"] = ldm_config
     conf = _merge(conf, explicit, "command line")
-    try:
-        cfg: RunConfig = OmegaConf.to_object(conf)
-    except Exception as e:  # an unresolvable ${...} interpolation, for one
-        raise UsageError(f"config: {first_line(e)}") from None
+    # Values are taken literally: no ${...} interpolation (a prompt is data; an environment variable must not
+    # end up in image metadata because a config mentions it).
+    values = OmegaConf.to_container(conf, resolve=False)
+    for key, value in values.items():
+        if isinstance(value, str) and FIELDS[key].type not in ("str", "Optional[str]"):
+            raise UsageError(f"config: key '{key}': {value!r} is not a {FIELDS[key].type} (sdcli takes config values "
+                             "literally; ${...} interpolation is not supported)")
+    cfg = RunConfig(**values)
     if cfg.task != task:
         raise UsageError(f"config: task '{cfg.task}' does not match the subcommand '{task}'; remove the task key")
     return validate(cfg)

@@ -39,8 +39,7 @@ class LoadedPipeline:
         self.dtype = models.resolve_dtype(cfg.precision, self.device)
         models.check_options(cfg, self.device)
         precision = str(self.dtype).replace("torch.", "")
-        self.facts = RunFacts(p.task.name, p.source.name,
-                              p.source.location if p.source.kind == "hub" else p.source.kind, self.device, precision)
+        self.facts = RunFacts.of(p.task.name, p.source, self.device, precision)
         reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {precision}")
         t0 = time.monotonic()
         p.source.materialize()

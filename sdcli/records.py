@@ -22,6 +22,11 @@ class RunFacts:
     device: str = ""
     precision: str = ""
 
+    @classmethod
+    def of(cls, task: str, source, device: str = "", precision: str = "") -> "RunFacts":
+        """From a ``models.Source``: a hub model is recorded by its id, local ones by the kind of source."""
+        return cls(task, source.name, source.location if source.kind == "hub" else source.kind, device, precision)
+
     def base(self) -> dict[str, Any]:
         return {"sdcli_version": __version__, "task": self.task}
 

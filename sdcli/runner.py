@@ -176,17 +176,13 @@ class Run:
 
     def record_bad_rows(self) -> None:
         """Prompt-file rows whose inputs failed their checks: recorded as failed, the others run."""
-        facts = self.facts_before_load()
+        facts = records.RunFacts.of(self.p.task.name, self.p.source)
         for job in self.p.jobs:
             if job.error is not None and job.id not in self.done:
                 self.reporter.warn(f"{job.error} (skipping this row)")
                 self.summary.failures.append(records.failure_record(facts, job, job.error))
         manifest.record_failures(self.p.outdir, self.summary.failures)
         self.summary.failed = len(self.summary.failures)
-
-    def facts_before_load(self) -> records.RunFacts:
-        src = self.p.source
-        return records.RunFacts(self.p.task.name, src.name, src.location if src.kind == "hub" else src.kind)
 
     def wants_grid(self) -> bool:
         if self.cfg.skip_grid or self.cfg.output is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, manifest, pixels, run_process
+from helpers import FAST, manifest, pixels, run_process
 
 # 16 images in 8 batches, long enough to be interrupted in the middle.
 LONG = ["--steps", 8, "--H", 64, "--W", 64, "--scheduler", "ddim", "--n_samples", 2, "--n_iter", 8, "--seed", 1,
@@ -273,8 +273,13 @@ def test_configs_never_run_code(sdcli, tmp_path):
     target.write_text("_target_: os.system\n")
     assert sdcli("config", "show", "--config", target).one_error(2, "_target_")
     interp = tmp_path / "interp.yaml"
-    interp.write_text("prompt: ${oc.env:HOME}\n")
+    interp.write_text("prompt: ${oc.env:HOME}\nnegative_prompt: '${price}'\n")
     r = sdcli("config", "show", "--config", interp)
+    assert r.code == 0, r.err
+    # taken literally: no environment value (HOME) can reach the prompt, and an unknown name is no error
+    assert 'prompt: "${oc.env:HOME}"' in r.out.splitlines() and 'negative_prompt: "${price}"' in r.out.splitlines()
+    interp.write_text("steps: ${oc.env:STEPS}\n")
+    assert sdcli("config", "show", "--config", interp).one_error(2, "steps", "interpolation")
     assert not marker.exists()
 
 

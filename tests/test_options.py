@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FAST, pixels
+from helpers import FAST, pixels
 
 
 def _generator(tiny, tmp_path, **overrides):

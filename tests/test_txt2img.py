@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, manifest, pixels, snapshot
+from helpers import FAST, manifest, pixels, snapshot
 
 from sdcli.records import parse_a1111
 
@@ -226,12 +226,19 @@ def test_config_precedence_through_the_cli(sdcli, tiny, tmp_path):
 def test_presets_load(sdcli):
     from sdcli.config import presets_dir
 
+    import yaml
+
     names = sorted(p.stem for p in presets_dir().glob("*.yaml"))
     assert {"sd15", "sd21-base", "sd-inpainting", "sd2-depth", "instruct-pix2pix"} <= set(names)
     for name in names:
-        r = sdcli("config", "show", "--config", name)
+        preset = yaml.safe_load((presets_dir() / f"{name}.yaml").read_text())
+        task = preset.get("task", "txt2img")
+        r = sdcli("config", "show", "--task", task, "--config", name)
         assert r.code == 0, f"{name}: {r.err}"
-        assert "model:" in r.out
+        shown = yaml.safe_load(r.out)
+        # every key of the preset reaches the resolved config with its value; the rest are the defaults
+        assert {k: shown[k] for k in preset} == preset, name
+        assert shown["model"], name
 
 
 def test_single_file_checkpoint_with_local_config(sdcli, tiny, tmp_path):
