@@ -1,7 +1,7 @@
 """Build a full-size Stable Diffusion 1.5 architecture with random weights, once, for the benchmarks.
 
-Random weights cost exactly the compute and memory of the real ones (DESIGN.md §8: no real weights can
-be downloaded here), so timings and peak memory measured on this model are those of SD 1.5.
+Random weights cost exactly the compute and memory of the real ones (no real weights can be downloaded
+on the machines this project is built on), so timings and peak memory measured on this model are those of SD 1.5.
 
     python benchmarks/build_sd15.py            # -> $SDCLI_BENCH_CACHE/sd15-random (default ~/.cache/sdcli/bench/sd15-random)
     python benchmarks/build_sd15.py --folder DIR [--force]

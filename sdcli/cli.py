@@ -132,14 +132,7 @@ def generate(task: str, values: dict[str, Any]) -> int:
         return EXIT_OK
     summary = runner.run(p, reporter)
     code = EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILURE if summary.failed else EXIT_OK
-    parts = [f"{summary.generated} generated"]
-    for n, label in ((summary.skipped, "already done"), (summary.failed, "failed"),
-                     (summary.flagged, "flagged by the safety checker")):
-        if n:
-            parts.append(f"{n} {label}")
-    head = "interrupted" if summary.interrupted else "done"
-    line = f"{head}: {', '.join(parts)} of {summary.total} in {summary.timings.get('total_s', 0):.1f}s; outputs in {summary.outdir}"
-    (reporter.warn if code else reporter.info)(line + (f", grid {summary.grid}" if summary.grid else ""))
+    (reporter.warn if code else reporter.info)(summary.describe())
     if summary.interrupted:
         reporter.warn("rerun the same command with --resume to finish")
     if values.get("json"):

@@ -31,9 +31,9 @@ class RunFacts:
         return {"sdcli_version": __version__, "task": self.task}
 
 
-def image_record(facts: RunFacts, job: Job, width: int, height: int, batch_size: int, steps_run: int, nsfw: bool,
-                 watermark: Optional[str]) -> dict[str, Any]:
-    """The full settings record of one image (PNG ``sdcli`` chunk and manifest line)."""
+def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Optional[str]) -> dict[str, Any]:
+    """The full settings record of one image of ``batch`` (a pipeline.BatchResult): the PNG ``sdcli`` chunk
+    and the manifest line."""
     return {
         **facts.base(),
         "job_id": job.id,
@@ -43,13 +43,13 @@ def image_record(facts: RunFacts, job: Job, width: int, height: int, batch_size:
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "steps": job.steps,
-        "denoising_steps": steps_run,
+        "denoising_steps": batch.steps_run,
         "scale": job.scale,
-        "width": width,
-        "height": height,
+        "width": batch.width,
+        "height": batch.height,
         "scheduler": job.scheduler,
         "eta": job.eta,
-        "batch_size": batch_size,
+        "batch_size": len(batch.images),
         "model": facts.model,
         "model_source": facts.model_source,
         "device": facts.device,

@@ -44,6 +44,13 @@ class Summary:
     def status(self) -> str:
         return "interrupted" if self.interrupted else "failed" if self.failed else "ok"
 
+    def describe(self) -> str:
+        """The closing line: what was done, where."""
+        counts = [(self.skipped, "already done"), (self.failed, "failed"), (self.flagged, "flagged by the safety checker")]
+        parts = [f"{self.generated} generated", *(f"{n} {label}" for n, label in counts if n)]
+        return (f"{'interrupted' if self.interrupted else 'done'}: {', '.join(parts)} of {self.total} in "
+                f"{self.timings.get('total_s', 0):.1f}s; outputs in {self.outdir}" + (f", grid {self.grid}" if self.grid else ""))
+
 
 class Stop:
     """SIGINT/SIGTERM set a flag; the loop stops at the next step or between images, never mid-write.
@@ -214,7 +221,12 @@ class Run:
             for job, image, flagged in zip(batch, result.images, result.nsfw):
                 if job.id in self.done:
                     continue  # --resume regenerated the whole batch (identical pixels) for its missing images
-                path = self.save(gen.facts, job, image, flagged, result, len(batch))
+                image, mark = self.watermarked(image)
+                self.summary.unwatermarked += self.watermark is not None and mark is None
+                written = self.save(records.image_record(gen.facts, job, result, flagged, mark), job, image, result)
+                if written is not None:
+                    self.summary.images.append(str(written))
+                path = outputs.relpath(written, self.p.outdir) if written is not None else ""
                 self.summary.generated += 1
                 self.summary.flagged += flagged
                 self.reporter.image(job.index, path, job.seed, flagged)
@@ -243,12 +255,9 @@ class Run:
             return image, None
         return apply_watermark(image, self.watermark.encode("utf-8")), self.watermark
 
-    def save(self, facts: records.RunFacts, job: Job, image, flagged: bool, result, batch_size: int) -> str:
-        """Write one image (numbered sample, or --output) with its manifest line; returns its path ("" if
-        --skip-save)."""
-        image, mark = self.watermarked(image)
-        self.summary.unwatermarked += self.watermark is not None and mark is None
-        rec = records.image_record(facts, job, result.width, result.height, batch_size, result.steps_run, flagged, mark)
+    def save(self, rec: dict[str, Any], job: Job, image, result) -> Optional[Path]:
+        """Write one image (numbered sample, or --output) with its record and manifest line; returns where
+        (None with --skip-save)."""
         parameters = records.a1111_for(rec, job)
         outdir = self.p.outdir
         if self.cfg.output is not None:
@@ -257,7 +266,7 @@ class Run:
             manifest.append_manifest(outdir, [records.manifest_line(rec, outputs.relpath(written, outdir),
                                                                    outputs.sha256(data))])
         elif self.cfg.skip_save:
-            return ""
+            return None
         else:
             depth = result.depth if self.cfg.save_depth else None
 
@@ -269,8 +278,7 @@ class Run:
                 return {"depth_path": outputs.relpath(path, outdir)}
 
             written, _ = manifest.save_sample(outdir, outputs.encode_png(image, parameters, rec), rec, save_depth)
-        self.summary.images.append(str(written))
-        return outputs.relpath(written, outdir)
+        return written
 
     # --- the grid ------------------------------------------------------------------------------------
 
