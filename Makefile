@@ -8,11 +8,14 @@ export TRANSFORMERS_VERBOSITY ?= error
 
 install: $(BIN)/sdcli
 
+# sd-prompt-reader (a reader the tests use) goes in with --no-deps: its requirements pin pillow==10.3.0 and
+# click<8.2 and pull the customtkinter GUI; its reader needs only Pillow and piexif (sdcli dependencies).
 $(BIN)/sdcli: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps 'sd-prompt-reader==1.3.5'
 	touch $(BIN)/sdcli
 
 test: install

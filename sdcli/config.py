@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import limits, schedulers
+from . import limits, schedulers, textfiles
 from .errors import UsageError, first_line, suggest
 from .files import read_user_file
 
@@ -32,6 +32,7 @@ class RunConfig:
     model: Optional[str] = None  # hub id, diffusers folder, single .safetensors, or "tiny"; None: the task's default
     model_config: Optional[str] = None  # for a single-file model: local diffusers folder or original LDM YAML
     allow_unsafe_pickle: bool = False  # allow loading .ckpt/.pt pickles (can run arbitrary code!)
+    variant: Optional[str] = None  # weights variant (fp16: *.fp16.safetensors); None: the only one there, else plain
 
     # Prompts
     prompt: Optional[str] = None  # None (and no from_file): the original scripts' default prompt
@@ -47,7 +48,7 @@ class RunConfig:
     n_samples: int = 3  # batch size
     n_iter: int = 2
     n_rows: int = 0  # images per grid row; 0: n_samples
-    seed: int = 42
+    seed: Optional[int] = 42  # None: a random seed, printed and recorded (instruct-edit, as edit_cli.py)
     fixed_code: bool = False
     scheduler: str = "ddim"
     eta: float = 0.0
@@ -63,6 +64,13 @@ class RunConfig:
     resize_mode: str = "crop"  # crop (scale + center-crop, keeps aspect) or resize (stretch)
     resolution: Optional[int] = None  # instruct-edit: longest side, rounded to 64 as edit_cli.py did
     output: Optional[str] = None  # instruct-edit: write the single result to this file
+    paste_back: bool = True  # inpaint: unmasked pixels are the input's (CompVis inpaint.py composited them back)
+    mask_blur: int = 4  # inpaint: feather the paste-back edge by this many pixels (A1111's "Mask blur")
+
+    # The model's parts and geometry (the original scripts' --vae-ckpt, --C, --f)
+    vae: Optional[str] = None  # a VAE instead of the model's own: diffusers folder, single file or hub id
+    latent_channels: Optional[int] = None  # --C: checked against the model once loaded (None: no check)
+    downsampling_factor: Optional[int] = None  # --f: the VAE's scale factor, checked the same way
 
     # Where to run
     device: str = "auto"
@@ -72,6 +80,9 @@ class RunConfig:
     outdir: Optional[str] = None  # None: outputs/<task>-samples
     skip_grid: bool = False
     skip_save: bool = False
+    manifest: bool = False  # instruct-edit --output: also append its line to manifest.jsonl beside the file
+    format: str = "png"  # samples and grids: png, jpg or webp (metadata in EXIF for jpg/webp); --output: its suffix
+    quality: int = 95  # jpg/webp quality, 1-100 (JPEG keeps full chroma for the watermark)
 
     # Safety checker and watermark
     safety_checker: bool = True
@@ -102,10 +113,34 @@ ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": 
                "init_img": "image", "init_image": "image", "input": "image", "mask_image": "mask",
                "edit": "prompt", "cfg_text": "scale", "cfg_image": "image_guidance_scale"}
 RESIZE_MODES = ("crop", "resize")
+IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}  # --format and its aliases
 TASK_NAMES = ("txt2img", "img2img", "inpaint", "depth2img", "instruct-edit")  # tasks.TASKS has the details
 OFFLOADS = ("none", "model", "sequential")
-# A command-line flag that changes other defaults: instruct-edit's --output (edit_cli.py) makes one image.
-IMPLIED = {"output": {"n_samples": 1, "n_iter": 1}}
+# Per-task defaults: the script each subcommand mirrors, where it differs from the RunConfig defaults (those
+# of CompVis scripts/txt2img.py). Merged below the YAML files, so configs, --set and flags override them.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "txt2img": {},
+    # CompVis scripts/img2img.py: --n_samples 2, --n_iter 1, --scale 5.0, --strength 0.75
+    "img2img": {"n_samples": 2, "n_iter": 1, "scale": 5.0, "strength": 0.75},
+    # strength 1.0: the input is fully repainted under the mask (CompVis inpaint.py has no strength)
+    "inpaint": {"strength": 1.0},
+    # diffusers' StableDiffusionDepth2ImgPipeline default strength
+    "depth2img": {"strength": 0.8},
+    # instruct-pix2pix edit_cli.py: one image, --steps 100, Euler ancestral, --cfg-text 7.5, --cfg-image 1.5,
+    # a random seed when none is given
+    "instruct-edit": {"n_samples": 1, "n_iter": 1, "steps": 100, "scheduler": "euler-a", "scale": 7.5,
+                      "image_guidance_scale": 1.5, "seed": None},
+}
+# Tasks whose output size follows the input image: a preset's H/W (configs/*.yaml) does not apply to them.
+SIZE_FROM_INPUT = ("img2img", "inpaint", "depth2img", "instruct-edit")
+# A command-line flag that changes other defaults: instruct-edit's --output (edit_cli.py) makes one image;
+# inpaint's --indir (CompVis inpaint.py) one image per image/mask pair, written as OUTDIR/x.png, no grid.
+IMPLIED = {"output": {"n_samples": 1, "n_iter": 1}, "indir": {"n_samples": 1, "n_iter": 1, "skip_grid": True}}
+
+
+def defaults(task: str) -> RunConfig:
+    """The config of ``task`` before any file or flag: the schema defaults and the task's own."""
+    return RunConfig(task=task, **TASK_DEFAULTS[task])
 
 
 def check_keys(data: dict, where: str, allowed=FIELDS) -> None:
@@ -120,19 +155,9 @@ def is_ldm_config(data: Any) -> bool:
 
 
 def read_yaml(path: str) -> Any:
-    import yaml
-
-    raw = read_user_file(path, f"--config {path}", "a YAML file", 16 * 1024 * 1024, allow_empty=True)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"--config {path}: invalid YAML{at}; fix the syntax") from None
+    name = f"--config {path}"
+    raw = read_user_file(path, name, "a YAML file", 16 * 1024 * 1024, allow_empty=True)
+    return textfiles.load_yaml(textfiles.decode(raw, name), name)
 
 
 def presets_dir() -> Path:
@@ -163,8 +188,8 @@ def _merge(base, data: dict, where: str):
     check_keys(data, where)
     try:
         return OmegaConf.merge(base, data)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
+    except (OmegaConfBaseException, OverflowError, ValueError) as e:  # OverflowError: steps: 1e400
+        key = getattr(e, "full_key", None) or next((k for k, v in data.items() if isinstance(v, float)), "")
         value = data.get(key, "") if isinstance(key, str) else ""
         ftype = FIELDS[key].type if key in FIELDS else "the right type"
         raise UsageError(f"{where}: key '{key}': invalid value {value!r} (expected {ftype})") from None
@@ -190,10 +215,10 @@ def load(
     if not config_files and not sets and all(_typed(k, v) for k, v in explicit.items()):
         # Flags alone, already typed by the CLI: no YAML to merge, so skip OmegaConf (start-up time).
         check_keys(explicit, "command line")
-        return validate(RunConfig(**{"task": task, **explicit}))
+        return validate(dataclasses.replace(defaults(task), **explicit))
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.structured(RunConfig(task=task))
+    conf = OmegaConf.structured(defaults(task))
     ldm_config = None
     for name in config_files or []:
         if (Path(name).expanduser() / "model_index.json").is_file():  # a diffusers folder for a single file
@@ -210,6 +235,8 @@ def load(
             raise UsageError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
         if data.get("task", task) == task:
             data.pop("task", None)
+        if task in SIZE_FROM_INPUT and Path(path).resolve().parent == presets_dir().resolve():
+            data = {k: v for k, v in data.items() if k not in ("H", "W")}  # the input image sets the size
         conf = _merge(conf, data, f"--config {path}")
     for item in sets or []:
         if "=" not in item:
@@ -272,12 +299,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     _require(bool(DEVICE_RE.match(cfg.device)), f"--device {cfg.device}: unknown; choose auto, cpu, cuda, cuda:N or mps")
     for key in limits.LIMITS:
         limits.check(key, getattr(cfg, key))
+    _require(not (cfg.seed is None and cfg.resume),
+             "--resume: this run would pick a random seed; give --seed (the first run's seed is in its manifest)")
     _require(not (cfg.prompt is not None and cfg.from_file is not None),
              "--prompt and --from-file: give one of them, not both")
     if cfg.watermark:
         payload = cfg.watermark_text.encode("utf-8")
         _require(1 <= len(payload) <= 64, f"--watermark-text {cfg.watermark_text!r}: must be 1 to 64 bytes")
     _require(cfg.resize_mode in RESIZE_MODES, f"--resize-mode {cfg.resize_mode}: choose crop or resize")
+    image_format = IMAGE_FORMATS.get(str(cfg.format).lower().lstrip("."))
+    _require(image_format is not None, f"--format {cfg.format}: unknown image format; choose png, jpg or webp")
+    cfg.format = image_format
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")

@@ -11,6 +11,7 @@ EXIT_USAGE = 2  # bad flag, config, prompt file, image, size ...
 EXIT_MODEL = 3  # model (or safety checker) unavailable
 EXIT_BUSY = 4  # another --resume run holds the outdir
 EXIT_INTERRUPTED = 130
+EXIT_STDOUT_CLOSED = 141  # the reader of stdout went away (`sdcli ... | head -1`), as SIGPIPE's 128 + 13
 
 
 class SdcliError(Exception):
@@ -29,6 +30,12 @@ class ModelUnavailable(SdcliError):
 
 class OutdirBusy(SdcliError):
     exit_code = EXIT_BUSY
+
+
+class StdoutClosed(SdcliError):
+    """The reader of stdout went away: not an error to report, only an exit code."""
+
+    exit_code = EXIT_STDOUT_CLOSED
 
 
 def first_line(error: BaseException | str, limit: int = 300) -> str:

@@ -28,6 +28,14 @@ MAX_INPUT_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class InputFile:
+    """A checked input file: where it is and the sha256 of the bytes that were checked."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     path: str
     width: int
@@ -153,11 +161,18 @@ def is_flat(path: str) -> bool:
     return lo == hi
 
 
-def load(path: str, W: int, H: int, mode: str, kind: str = "RGB"):
-    """Load an image as ``kind`` (RGB, or L for masks and depth maps), fitted to W x H."""
+def load(file: "InputFile", W: int, H: int, mode: str, kind: str = "RGB"):
+    """Load a checked input image as ``kind`` (RGB, or L for masks and depth maps), fitted to W x H. The bytes
+    read must be those checked before the run (their sha256 is what the records say was used)."""
+    import io
+
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    data = read_user_file(file.path, file.path, "an image file", MAX_INPUT_BYTES)
+    if hashlib.sha256(data).hexdigest() != file.sha256:
+        raise UsageError(f"{file.path}: changed on disk since the run started (its sha256 differs); rerun to use "
+                         "the new file")
+    with Image.open(io.BytesIO(data)) as im:
         im = ImageOps.exif_transpose(im)
         if kind == "L":
             return fit(_to_l(im), W, H, mode)
@@ -168,15 +183,15 @@ def load(path: str, W: int, H: int, mode: str, kind: str = "RGB"):
         return fit(im.convert(kind), W, H, mode)
 
 
-def depth_map(pipe, image, path: Optional[str], width: int, height: int, mode: str):
+def depth_map(pipe, image, file: Optional[InputFile], width: int, height: int, mode: str):
     """The depth map for depth2img: from a file (white = near) or the model's depth estimator.
     Returns (tensor (1, h, w) for the pipeline, PIL L image at the output size)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    if path is not None:
-        pil = load(path, width, height, mode, "L")
+    if file is not None:
+        pil = load(file, width, height, mode, "L")
         tensor = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)[None]
         return tensor, pil
     device, dtype = pipe.device, pipe.depth_estimator.dtype
@@ -188,3 +203,16 @@ def depth_map(pipe, image, path: Optional[str], width: int, height: int, mode: s
     pil = Image.fromarray(((d - d.min()) / span * 255).round().astype(np.uint8), "L").resize((width, height),
                                                                                            Image.Resampling.BICUBIC)
     return predicted, pil
+
+
+def paste_back(generated, original, mask, blur: int):
+    """Inpainting's unmasked pixels taken from the input, as CompVis inpaint.py did
+    (``(1 - mask) * image + mask * predicted``, the mask made binary at half grey): the mask is binarised,
+    feathered by a Gaussian blur of ``blur`` pixels (0: a hard edge, exactly inpaint.py), and used as the
+    alpha of the generated image over the input. Where the blurred mask is 0 the input comes back exactly."""
+    from PIL import Image, ImageFilter
+
+    alpha = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    if blur:
+        alpha = alpha.filter(ImageFilter.GaussianBlur(blur))
+    return Image.composite(generated.convert("RGB"), original.convert("RGB"), alpha)

@@ -20,4 +20,5 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    huggingface_hub.utils.logging.set_verbosity_error()  # "Could not reach the Hub" (cached model, no network)
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from .errors import UsageError
 
 MAX_SEED = 2**63 - 1
+MAX_JOBS = 100_000  # images in one run: the jobs are built in memory before the first image
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ LIMITS: dict[str, Limit] = {
     "strength": Limit(0, 1, float),
     "image_guidance_scale": Limit(1, 100, float, flag="--image-guidance-scale"),
     "resolution": Limit(64, 4096),
+    "mask_blur": Limit(0, 256, flag="--mask-blur"),
+    "latent_channels": Limit(1, 64, flag="--C"),
+    "downsampling_factor": Limit(1, 64, flag="--f"),
+    "quality": Limit(1, 100),  # --format jpg/webp
 }
 MAX_SIDE = int(LIMITS["W"].hi)
 MAX_BATCH = int(LIMITS["n_samples"].hi)

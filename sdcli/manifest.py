@@ -7,12 +7,15 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from .outputs import SAMPLE_RE, TMP_PREFIX, link_free, write_temp, read_metadata, relpath, sha256
+from .outputs import FILE_MODE, SAMPLE_RE, TMP_PREFIX, link_free, write_temp, read_metadata, relpath, sha256
+from .files import open_own_file, read_regular
 from .records import manifest_line
 
 MANIFEST = "manifest.jsonl"
+MAX_MANIFEST_BYTES = 1 << 30
+MAX_IMAGE_BYTES = 1 << 30
 
 
 @contextlib.contextmanager
@@ -20,7 +23,8 @@ def manifest_lock(outdir: Path):
     """Exclusive lock on OUTDIR/manifest.jsonl; yields its fd (opened for appending)."""
     import fcntl
 
-    fd = os.open(Path(outdir) / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_own_file(Path(outdir) / MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE,
+                       f"--outdir {outdir}: {MANIFEST}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
@@ -41,16 +45,17 @@ def _append(fd: int, records: list[dict[str, Any]]) -> None:
 
 
 def save_sample(outdir: Path, data: bytes, record: dict[str, Any],
-                companion=None) -> tuple[Path, dict[str, Any]]:
+                companion=None, suffix: str = ".png") -> tuple[Path, dict[str, Any]]:
     """Write a sample under the next free number and its manifest line, together under the manifest
     lock: a file is never numbered without its line being written right after (a kill -9 in between
     leaves a complete image that ``recover`` records on the next run). ``companion(target)`` may write
-    a file beside the sample (e.g. its depth map) and return fields for the manifest line."""
+    a file beside the sample (e.g. its depth map) and return fields for the manifest line. ``suffix``: the
+    file type (.png, .jpg, .webp), numbered with the others."""
     folder = Path(outdir) / "samples"
-    tmp = write_temp(folder, data)
+    tmp = write_temp(folder, data, suffix)
     try:
         with manifest_lock(outdir) as fd:
-            target = link_free(tmp, folder, SAMPLE_RE, "{:05d}.png")
+            target = link_free(tmp, folder, SAMPLE_RE, "{:05d}" + suffix)
             extra = companion(target) if companion else {}
             line = manifest_line(record, relpath(target, Path(outdir)), sha256(data), **extra)
             _append(fd, [line])
@@ -83,7 +88,7 @@ def recover(outdir: Path, stale_after: float = 600.0) -> int:
                     (folder / name).unlink()
 
     def unrecorded() -> list[Path]:
-        known = {r.get("path") for r in read_manifest(outdir)}
+        known = {r.get("path") for r in read_manifest(outdir) if isinstance(r.get("path"), str)}
         return [folder / n for n in sorted(os.listdir(folder)) if SAMPLE_RE.match(n) and f"samples/{n}" not in known]
 
     if not unrecorded():  # the common case: no lock, no write
@@ -91,9 +96,9 @@ def recover(outdir: Path, stale_after: float = 600.0) -> int:
     recovered = []
     with manifest_lock(outdir) as fd:
         for path in unrecorded():  # again, under the lock
+            data = read_regular(path, MAX_IMAGE_BYTES)
             try:
-                record = json.loads(read_metadata(str(path)).get("sdcli", ""))
-                data = path.read_bytes()
+                record = json.loads(read_metadata(str(path)).get("sdcli", "")) if data is not None else None
             except Exception:
                 continue  # not an sdcli image: leave it alone
             if isinstance(record, dict) and "job_id" in record:
@@ -103,19 +108,24 @@ def recover(outdir: Path, stale_after: float = 600.0) -> int:
     return len(recovered)
 
 
-def completed(outdir: Path) -> dict[str, dict[str, Any]]:
-    """job_id -> manifest record, for every image that is complete: recorded ok, file present, sha256 equal."""
+def completed(outdir: Path, damaged: Optional[list[int]] = None) -> dict[str, dict[str, Any]]:
+    """job_id -> manifest record, for every image that is complete: recorded ok, file present, sha256 equal.
+    Damaged lines are skipped (their numbers added to ``damaged``)."""
     outdir = Path(outdir)
     done: dict[str, dict[str, Any]] = {}
-    for rec in read_manifest(outdir):
-        if rec.get("status", "ok") != "ok" or "job_id" not in rec or "path" not in rec:
+    for number, rec in _records(outdir):
+        status = rec.get("status", "ok") if rec is not None else None
+        if status == "failed" and isinstance(rec.get("job_id"), str):
             continue
-        path = outdir / rec["path"]
-        try:
-            if sha256(path.read_bytes()) == rec.get("sha256"):
-                done[rec["job_id"]] = rec
-        except OSError:
+        job_id, path, digest = (rec.get(k) for k in ("job_id", "path", "sha256")) if rec else (None, None, None)
+        if status != "ok" or not all(isinstance(v, str) for v in (job_id, path, digest)) \
+                or Path(path).is_absolute() or ".." in Path(path).parts:  # only files inside its outdir
+            if damaged is not None:
+                damaged.append(number)
             continue
+        data = read_regular(outdir / path, MAX_IMAGE_BYTES)
+        if data is not None and sha256(data) == digest:
+            done[job_id] = rec
     return done
 
 
@@ -127,15 +137,19 @@ def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def read_manifest(outdir: Path) -> list[dict[str, Any]]:
-    path = Path(outdir) / MANIFEST
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_bytes().split(b"\n"):
+    """The manifest's records; a line that is not a JSON object (a torn line of a killed run, or damage) is
+    skipped: one bad line never makes an outdir unusable."""
+    return [record for _, record in _records(outdir) if record is not None]
+
+
+def _records(outdir: Path):
+    """(line number, record or None for a line that is not a JSON object) for each non-blank line."""
+    data = read_regular(Path(outdir) / MANIFEST, MAX_MANIFEST_BYTES)
+    for number, line in enumerate((data or b"").split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except ValueError:  # a torn line of a killed run (UnicodeDecodeError included)
-            continue
-    return out
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # UnicodeDecodeError included
+            record = None
+        yield number, record if isinstance(record, dict) else None

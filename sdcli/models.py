@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import RunConfig
-from .errors import ModelUnavailable, UsageError, first_line
+from .errors import ModelUnavailable, UsageError, first_line, suggest
+from .files import folder_problem
 from .libraries import quiet_libraries
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -28,6 +29,7 @@ class Source:
     name: str  # what metadata calls the model
     config: Optional[str] = None  # single file: local diffusers folder or original LDM YAML
     builtin: Optional[str] = None  # --model tiny: the task whose tiny model the folder holds (built on first load)
+    variant: Optional[str] = None  # weights variant to load ("fp16" for *.fp16.safetensors)
 
     def materialize(self) -> None:
         """Build a built-in model's folder if it is not cached yet (plans name it; runs build it)."""
@@ -46,7 +48,12 @@ def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
     if model == "tiny":
         from . import tiny
 
-        return Source("folder", str(tiny.folder(task)), "tiny", builtin=task)
+        where = tiny.folder(task)
+        problem = None if (where / "model_index.json").is_file() else folder_problem(where)
+        if problem:
+            raise UsageError(f"--model tiny: cannot build it in the cache {where.parent} ({problem}); set "
+                             "SDCLI_CACHE to a folder you can write to")
+        return Source("folder", str(where), "tiny", builtin=task)
     path = Path(model).expanduser()
     looks_like_path = path.is_absolute() or model.startswith((".", "~"))
     if path.is_dir():
@@ -54,7 +61,7 @@ def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
             raise ModelUnavailable(
                 f"--model {model}: folder has no model_index.json; give a diffusers model folder "
                 "(saved with save_pretrained) or a single .safetensors file")
-        return Source("folder", str(path.resolve()), path.resolve().name)
+        return Source("folder", str(path.resolve()), path.resolve().name, variant=pick_variant(path, cfg.variant, model))
     if model.lower().endswith(SINGLE_FILE_SUFFIXES) or path.is_file():
         if not path.is_file():
             raise ModelUnavailable(f"--model {model}: no such file")
@@ -69,25 +76,98 @@ def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
                 f"--model {model}: a single-file checkpoint needs --model-config (a local diffusers folder of the "
                 "same architecture) or --config with the original LDM inference YAML")
         cpath = Path(cfg.model_config).expanduser()
-        if not (cpath.is_dir() and (cpath / "model_index.json").is_file()
-                or cpath.is_file() and cpath.suffix.lower() in (".yaml", ".yml")):
+        if cpath.is_dir() and (cpath / "model_index.json").is_file() \
+                or cpath.is_file() and cpath.suffix.lower() in (".yaml", ".yml"):
+            config = str(cpath.resolve())
+        elif not cpath.exists() and REPO_ID_RE.match(cfg.model_config) and cfg.model_config.count("/") == 1:
+            config = cfg.model_config  # a hub id: its configs come from the cache (offline) or the hub
+            _hub_snapshot(config, "--model-config")
+        else:
             raise UsageError(
-                f"--model-config {cfg.model_config}: expected a diffusers folder with model_index.json "
-                "or an original LDM inference .yaml file")
-        return Source("single_file", str(path.resolve()), path.stem, str(cpath.resolve()))
+                f"--model-config {cfg.model_config}: expected a diffusers folder with model_index.json, "
+                "an original LDM inference .yaml file, or a hub id (owner/name)")
+        return Source("single_file", str(path.resolve()), path.stem, config)
     if looks_like_path or not REPO_ID_RE.match(model) or model.count("/") > 1:
         raise ModelUnavailable(f"--model {model}: no such folder or file, and not a hub id (owner/name)")
-    if offline():
-        from huggingface_hub import try_to_load_from_cache
+    snapshot = _hub_snapshot(model, "--model")
+    return Source("hub", model, model, variant=pick_variant(snapshot, cfg.variant, model) if snapshot else cfg.variant)
 
-        if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
-            raise ModelUnavailable(
-                f"--model {model}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it once "
-                "online (or unset HF_HUB_OFFLINE), or give a local folder")
-    return Source("hub", model, model)
+
+def _hub_snapshot(repo: str, flag: str) -> Optional[Path]:
+    """The cached snapshot folder of a hub id, or None. Offline, a model that is not cached is an error."""
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(repo, "model_index.json")
+    if isinstance(index, str):
+        return Path(index).parent
+    if offline():
+        raise ModelUnavailable(
+            f"{flag} {repo}: not in the Hugging Face cache{suggest(repo, cached_ids())} and HF_HUB_OFFLINE is "
+            "set; download it once online (or unset HF_HUB_OFFLINE), or give a local folder")
+    return None
+
+
+WEIGHTS_RE = re.compile(r"^diffusion_pytorch_model(?:\.(?P<variant>[\w-]+))?\.(?:safetensors|bin)$")
+
+
+def pick_variant(folder: Path, asked: Optional[str], model: str) -> Optional[str]:
+    """The weights variant to load (``fp16`` for ``*.fp16.safetensors``): the one asked for, which must exist,
+    or, when the UNet has only one variant and no plain weights, that one."""
+    try:
+        names = os.listdir(Path(folder) / "unet")
+    except OSError:
+        return asked  # diffusers says what is missing
+    found = {m.group("variant") for n in names if (m := WEIGHTS_RE.match(n))}
+    if asked is not None:
+        if asked not in found:
+            have = ", ".join(sorted(v or "(plain)" for v in found)) or "none"
+            raise UsageError(f"--variant {asked}: {model} has no {asked} weights (its UNet has: {have}); "
+                             "leave --variant out or pick one of those")
+        return asked
+    return next(iter(found)) if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run computes: the device and the precision (fp32, fp16 or bf16), checked before loading."""
+
+    device: str
+    precision: str
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+
+    @property
+    def dtype_name(self) -> str:
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
+
+
+def resolve_runtime(cfg: RunConfig) -> Runtime:
+    """Device, precision and speed options that cannot work on this machine: a clear error before loading
+    (``--dry-run`` included). Imports torch only to ask for a GPU."""
+    device = resolve_device(cfg.device)
+    runtime = Runtime(device, resolve_precision(cfg.precision, device))
+    check_options(cfg, device)
+    return runtime
+
+
+def cached_ids() -> list[str]:
+    """The model ids in the Hugging Face cache (for "did you mean")."""
+    from huggingface_hub import constants
+
+    try:
+        names = os.listdir(constants.HF_HUB_CACHE)
+    except OSError:
+        return []
+    return [n[len("models--"):].replace("--", "/", 1) for n in names if n.startswith("models--")]
 
 
 def resolve_device(name: str) -> str:
+    if name == "cpu":
+        return name
     import torch
 
     if name == "auto":
@@ -109,15 +189,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def resolve_dtype(precision: str, device: str):
+def resolve_precision(precision: str, device: str) -> str:
     """auto: fp16 on CUDA, fp32 elsewhere. fp16 on CPU is refused: most CPU kernels lack it."""
-    import torch
-
     if precision == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        return "fp16" if device.startswith("cuda") else "fp32"
     if precision == "fp16" and device == "cpu":
         raise UsageError("--precision fp16: half precision is not supported on the CPU; use fp32 (or bf16)")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return precision
 
 
 def _accepted(cls, kwargs: dict) -> dict:
@@ -134,6 +212,10 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
 
     cls = getattr(diffusers, pipeline_class)
     kwargs = _accepted(cls, dict(dtype=dtype, safety_checker=None, requires_safety_checker=False))
+    if cfg.vae is not None:  # --vae / --vae-ckpt (edit_cli.py): the user's VAE instead of the model's
+        from .concepts import load_vae
+
+        kwargs["vae"] = load_vae(cfg, source, dtype)
     try:
         if source.kind == "single_file":
             if not hasattr(cls, "from_single_file"):
@@ -143,10 +225,13 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
                 kwargs["original_config"] = source.config
             else:
                 kwargs["config"] = source.config
-            pipe = cls.from_single_file(source.location, local_files_only=True, **kwargs)
+            pipe = cls.from_single_file(source.location, local_files_only=offline() or Path(source.config).exists(),
+                                        **kwargs)
         else:
             if not cfg.allow_unsafe_pickle:
                 kwargs["use_safetensors"] = True
+            if source.variant:
+                kwargs["variant"] = source.variant
             pipe = cls.from_pretrained(source.location, local_files_only=source.kind == "folder" or offline(),
                                        **kwargs)
     except (UsageError, ModelUnavailable):

@@ -1,28 +1,57 @@
 """Image files: the output folder layout, atomic no-overwrite writes, grids, image encoding with metadata.
 
-Layout (as the original scripts): ``OUTDIR/samples/NNNNN.png``, ``OUTDIR/grid-NNNN.png`` and
-``OUTDIR/manifest.jsonl``. A file is written to a temporary name in its folder, then hard-linked to the
-first free number: the link fails instead of overwriting, so two runs sharing a folder never collide, and
-a killed run leaves at most a ``.tmp-*`` file, never a half-written image.
+Layout (as the original scripts): ``OUTDIR/samples/NNNNN.png``, ``OUTDIR/grid-NNNN.png`` (or ``.jpg``,
+``.webp`` with ``--format``) and ``OUTDIR/manifest.jsonl``. A file is written to a temporary name in its
+folder, then hard-linked to the first free number (one numbering for every format, under a lock on the
+folder): the link fails instead of overwriting, so two runs sharing a folder never collide, and a killed
+run leaves at most a ``.tmp-*`` file, never a half-written image. Every file gets the mode a plain
+``open()`` gives under the umask (``tempfile.mkstemp`` would make it 0600).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UsageError
+from .files import folder_problem
 
-SAMPLE_RE = re.compile(r"^(\d{5,})\.png$")
-GRID_RE = re.compile(r"^grid-(\d{4,})\.png$")
+SAMPLE_RE = re.compile(r"^(\d{5,})\.(?:png|jpg|webp)$")  # one numbering for every --format
+GRID_RE = re.compile(r"^grid-(\d{4,})\.(?:png|jpg|webp)$")
 TMP_PREFIX = ".tmp-"
+FILE_MODE = 0o666  # less the umask, as open() does
+
+
+def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
+    """A new temporary file in ``folder``, open for writing, with the mode ``open()`` would give."""
+    while True:
+        name = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), name
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Exclusive lock on a folder while a number is chosen in it (``00005.png`` and ``00005.jpg`` would
+    not collide as names)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
@@ -35,7 +64,7 @@ def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
         if need_samples:
             (root / "samples").mkdir(exist_ok=True)
         for folder in [root] + ([root / "samples"] if need_samples else []):
-            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+            fd, probe = create_temp(folder)
             os.close(fd)
             os.unlink(probe)
     except UsageError:
@@ -49,13 +78,26 @@ def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
     return root
 
 
+def check_outdir(outdir: str, need_samples: bool = True) -> Path:
+    """What ``prepare_outdir`` would refuse, found without creating anything (``--dry-run``)."""
+    root = Path(outdir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--outdir {outdir}: exists and is not a folder; choose another path")
+    if need_samples and (root / "samples").exists() and not (root / "samples").is_dir():
+        raise UsageError(f"--outdir {outdir}: samples exists and is not a folder; choose another path")
+    problem = folder_problem(root)
+    if problem:
+        raise UsageError(f"--outdir {outdir}: {problem}; choose a folder you can write to")
+    return root
+
+
 def _next_free(folder: Path, pattern: re.Pattern) -> int:
     numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
     return max(numbers) + 1 if numbers else 0
 
 
 def write_temp(folder: Path, data: bytes, suffix: str = ".png") -> str:
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+    fd, tmp = create_temp(folder, suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,31 +110,37 @@ def write_temp(folder: Path, data: bytes, suffix: str = ".png") -> str:
 
 
 def link_free(tmp: str, folder: Path, pattern: re.Pattern, fmt: str) -> Path:
-    n = _next_free(folder, pattern)
-    while True:
-        target = folder / fmt.format(n)
-        try:
-            os.link(tmp, target)
-            return target
-        except FileExistsError:
-            n += 1
+    with folder_lock(folder):
+        n = _next_free(folder, pattern)
+        while True:
+            target = folder / fmt.format(n)
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:  # a writer that does not take the lock
+                n += 1
 
 
 def write_numbered(folder: Path, data: bytes, pattern: re.Pattern, fmt: str) -> Path:
     """Write ``data`` atomically under the first free number (``fmt.format(n)``); never overwrites."""
-    tmp = write_temp(folder, data)
+    tmp = write_temp(folder, data, Path(fmt).suffix)
     try:
         return link_free(tmp, folder, pattern, fmt)
     finally:
         os.unlink(tmp)
 
 
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # file suffix -> Pillow format
+
+
+def suffix_of(fmt: str) -> str:
+    """A ``--format`` value (config.IMAGE_FORMATS) -> the file suffix: png -> .png."""
+    return f".{fmt}"
 
 
 def write_exact(path: Path, data: bytes) -> Path:
     """Write ``data`` to exactly ``path`` atomically (temp file + rename): an explicit name replaces."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    fd, tmp = create_temp(path.parent, path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -106,30 +154,40 @@ def write_exact(path: Path, data: bytes) -> Path:
     return path
 
 
-def encode_image(image, suffix: str, parameters: str, record: dict[str, Any]) -> bytes:
-    """PNG with text chunks, or JPEG/WebP with the same texts in EXIF (UserComment = A1111 parameters,
-    ImageDescription = the sdcli record). JPEG keeps full chroma (subsampling=0) for the watermark."""
+WEBP_LOSSLESS = 100  # --quality at which WebP is written lossless
+
+
+def loses_watermark(suffix: str, quality: int) -> bool:
+    """Does this file type erase the invisible watermark? Lossy WebP always halves the chroma resolution,
+    which erases dwtDct's mark (measured: 0 of 10 decoded, at any quality); lossless WebP and JPEG with
+    full chroma keep it."""
+    return FORMATS[suffix.lower()] == "WEBP" and quality < WEBP_LOSSLESS
+
+
+def encode_image(image, suffix: str, parameters: str, record: Optional[dict[str, Any]], quality: int = 95) -> bytes:
+    """PNG with text chunks, or JPEG/WebP with the same texts in EXIF as A1111 writes them (``exif.py``).
+    ``quality`` is JPEG's and WebP's (100: lossless WebP); JPEG keeps full chroma (subsampling=0) for the
+    watermark."""
     fmt = FORMATS[suffix.lower()]
     if fmt == "PNG":
         return encode_png(image, parameters, record)
-    from PIL import Image
+    from . import exif
 
-    exif = Image.Exif()
-    exif[0x010E] = json.dumps(record, ensure_ascii=False, sort_keys=True)  # ImageDescription
-    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + parameters.encode("utf-16-be")  # Exif UserComment
     buf = io.BytesIO()
-    extra = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {"quality": 95}
-    image.save(buf, format=fmt, exif=exif, **extra)
+    extra = {"subsampling": 0} if fmt == "JPEG" else {"lossless": quality >= WEBP_LOSSLESS}
+    data = exif.dump(parameters, record, exif.MAX_JPEG_EXIF if fmt == "JPEG" else None)
+    image.convert("RGB").save(buf, format=fmt, exif=data, quality=quality, **extra)
     return buf.getvalue()
 
 
-def encode_png(image, parameters: str, record: dict[str, Any]) -> bytes:
+def encode_png(image, parameters: str, record: Optional[dict[str, Any]]) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     if parameters:
         info.add_text("parameters", parameters)
-    info.add_text("sdcli", json.dumps(record, ensure_ascii=False, sort_keys=True))
+    if record is not None:
+        info.add_text("sdcli", json.dumps(record, ensure_ascii=False, sort_keys=True))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
@@ -157,16 +215,11 @@ def read_metadata(path: str) -> dict[str, str]:
     """``parameters`` and ``sdcli`` texts of an image: PNG text chunks, or JPEG/WebP EXIF."""
     from PIL import Image, UnidentifiedImageError
 
+    from . import exif
+
     try:
         with Image.open(path) as im:
-            found = dict(getattr(im, "text", {}) or {})
-            exif = im.getexif()
-            if 0x010E in exif:
-                found.setdefault("sdcli", exif[0x010E])
-            comment = exif.get_ifd(0x8769).get(0x9286)
-            if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
-                found.setdefault("parameters", comment[8:].decode("utf-16-be", errors="replace"))
-            return found
+            return {**exif.texts(im.getexif()), **dict(getattr(im, "text", {}) or {})}
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:

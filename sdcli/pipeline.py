@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import models, postprocess, schedulers
+from . import concepts, hashes, models, postprocess, schedulers
 from .plan import Plan
 from .progress import Reporter
 from .prompts import Job
@@ -26,6 +27,7 @@ class BatchResult:
     height: int
     steps_run: int  # denoising steps the pipeline ran
     depth: Any = None  # depth2img: the depth map used (PIL), for --save-depth
+    truncated: frozenset = frozenset()  # prompts (and negative prompts) cut to the text encoder's window
 
 
 class LoadedPipeline:
@@ -35,31 +37,45 @@ class LoadedPipeline:
         cfg = p.cfg
         self.plan, self.reporter = p, reporter
         models.quiet_libraries()
-        self.device = models.resolve_device(cfg.device)
-        self.dtype = models.resolve_dtype(cfg.precision, self.device)
-        models.check_options(cfg, self.device)
-        precision = str(self.dtype).replace("torch.", "")
-        self.facts = RunFacts.of(p.task.name, p.source, self.device, precision)
-        reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {precision}")
+        runtime = p.runtime or models.resolve_runtime(cfg)
+        self.device, self.dtype = runtime.device, runtime.dtype
+        self.facts = RunFacts.of(p.task.name, p.source, self.device, runtime.dtype_name)
+        reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {runtime.dtype_name}")
         t0 = time.monotonic()
         p.source.materialize()
         self.checker = None
         if cfg.safety_checker:  # first: a missing checker stops the run before the (slow) model load
-            where = cfg.safety_checker_source or postprocess.checker_location(p.source)
-            self.checker = postprocess.load_safety_checker(where, self.device, self.dtype,
-                                                           cfg.safety_checker_source is not None)
+            self.checker = postprocess.load_safety_checker(cfg.safety_checker_source, p.source, self.device, self.dtype)
         self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg)
+        concepts.check_geometry(self.pipe, cfg)
+        # A1111's "Model hash" (read once per weights file; cached by path, size and mtime)
+        self.facts = dataclasses.replace(self.facts, model_sha256=hashes.model_sha256(p.source, getattr(cfg, "variant", None)))
         models.apply_options(self.pipe, cfg, self.device)
         if cfg.compile:
             models.compile_unet(self.pipe, self.device)
         reporter.info(f"loaded in {time.monotonic() - t0:.1f}s")
         self.base_scheduler = self.pipe.scheduler
+        self.settle_model_eta()
         self.schedulers: dict[str, Any] = {}
         self.default_w, self.default_h = models.default_size(self.pipe)
         self.warmed: set = set()
         # Text encodings per (prompt, negative prompt, guidance on): computed once per run, not per batch.
         self.embeds: dict[tuple, Any] = {}
+        self.dropped: dict[str, str] = {}  # text -> the words the text encoder's window cut off ("" if none)
         self.can_embed = "prompt_embeds" in inspect.signature(getattr(self.pipe, "encode_prompt", len)).parameters
+
+    def settle_model_eta(self) -> None:
+        """``--scheduler model``: only now is it known whether the model's scheduler uses eta. If it does not,
+        its jobs record eta null (as ``schedulers.eta_used`` does for the named ones); their ids, computed
+        by the plan from what was asked, stay the same for --resume."""
+        if schedulers.takes_eta(self.base_scheduler):
+            return
+        jobs = [j for j in self.plan.jobs if j.scheduler == schedulers.MODEL and j.eta is not None]
+        if any(j.eta for j in jobs):
+            self.reporter.warn(f"--eta: the model's own scheduler ({type(self.base_scheduler).__name__}) ignores "
+                               "eta; its images record eta null. Use --scheduler ddim for eta")
+        for job in jobs:
+            job.eta = None
 
     def size(self, job: Job) -> tuple[int, int]:
         return job.W or self.default_w, job.H or self.default_h
@@ -79,6 +95,7 @@ class LoadedPipeline:
         width, height = self.size(first)
         self.pipe.scheduler = self.scheduler(first.scheduler)
         prepared = self.plan.task.prepare(self.pipe, batch, width, height)
+        truncated = frozenset(t for j in batch for t in (j.prompt, j.negative_prompt) if self.cut_off(t))
         steps_run = 0
         step_times: list[float] = []
 
@@ -95,7 +112,7 @@ class LoadedPipeline:
             **self.text_inputs(batch),
             num_inference_steps=first.steps,
             guidance_scale=first.scale,
-            eta=first.eta,
+            eta=first.eta or 0.0,  # None: the scheduler ignores it
             generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch],
             output_type="pil",
             callback_on_step_end=on_step,
@@ -103,12 +120,24 @@ class LoadedPipeline:
         kwargs.update(prepared.kwargs)
         t_start = time.monotonic()
         with torch.inference_mode():
-            images = self.pipe(**kwargs).images
+            images = self.plan.task.finish(batch, prepared, self.pipe(**kwargs).images)
         if self.plan.cfg.compile:
             self.report_compile((len(batch), width, height, first.scale > 1), t_start, step_times)
         flags = self.checker.check(images) if self.checker else [False] * len(images)
         images = [postprocess.black_like(im) if f else im for im, f in zip(images, flags)]
-        return BatchResult(images, flags, width, height, steps_run, prepared.depth)
+        return BatchResult(images, flags, width, height, steps_run, prepared.depth, truncated)
+
+    def cut_off(self, text: str) -> str:
+        """The words of ``text`` beyond the text encoder's window ("" if it fits); warns once per text."""
+        if text not in self.dropped:
+            tokenizer = self.pipe.tokenizer
+            ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            window = tokenizer.model_max_length - 2  # start and end tokens
+            self.dropped[text] = tokenizer.decode(ids[window:]).strip() if len(ids) > window else ""
+            if self.dropped[text]:
+                self.reporter.warn(f"prompt longer than the text encoder's {window} tokens; these words are "
+                                   f"dropped: {self.dropped[text]!r}")
+        return self.dropped[text]
 
     def text_inputs(self, batch: list[Job]) -> dict[str, Any]:
         """Prompts as cached embeddings where the pipeline allows it (all but instruct-pix2pix): each prompt

@@ -6,14 +6,17 @@ cached tiny model's folder; it is built when the run loads it.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from . import outputs, prompts, tasks
+from . import outputs, postprocess, prompts, tasks
 from .config import RunConfig
 from .errors import UsageError
-from .models import Source, resolve_source
+from .concepts import check_vae
+from .models import Runtime, Source, resolve_runtime, resolve_source
 
 
 @dataclass
@@ -24,6 +27,22 @@ class Plan:
     batches: list[list[prompts.Job]]
     outdir: Path
     source: Source
+    runtime: Optional[Runtime]  # None: resolved when the run loads (it needs torch to ask for a GPU)
+    notes: list[str] = field(default_factory=list)  # for the user (the CLI prints them as info)
+    warnings: list[str] = field(default_factory=list)
+
+    def exact_path(self, job: prompts.Job) -> Optional[Path]:
+        """Where an image goes when it is not a numbered sample: instruct-edit's --output, or inpaint's --indir
+        with one image per pair (OUTDIR/x.png, named after the input, as CompVis inpaint.py)."""
+        if self.cfg.output is not None:
+            return Path(self.cfg.output)
+        if self.named_after_inputs:
+            return self.outdir / (Path(job.inputs.image.path).stem + outputs.suffix_of(self.cfg.format))
+        return None
+
+    @property
+    def named_after_inputs(self) -> bool:
+        return self.cfg.indir is not None and self.cfg.n_samples * self.cfg.n_iter == 1
 
     def dry_run(self) -> list[dict[str, Any]]:
         """One line per job, as ``--dry-run`` prints them."""
@@ -32,21 +51,41 @@ class Plan:
                 for j in self.jobs]
 
 
-def plan(cfg: RunConfig) -> Plan:
-    """Everything that can be checked before the model loads: prompts, inputs, outdir, model source."""
+def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
+    """Everything that can be checked before the model loads: prompts, inputs, outdir, model source, device
+    and precision, the safety checker. A real run creates the outdir; a dry run creates nothing."""
+    outdir_for = outputs.check_outdir if dry_run else outputs.prepare_outdir
     task = tasks.get(cfg.task)
     task.check(cfg)
+    notes = []
+    if cfg.seed is None:  # instruct-edit, as edit_cli.py: a random seed, printed and recorded
+        cfg = dataclasses.replace(cfg, seed=random.randint(0, 2**32 - 1))
+        notes.append(f"seed {cfg.seed} (random; --seed {cfg.seed} makes these images again)")
     rows = task.expand_rows(cfg, prompts.rows_for(cfg, task.row_keys))
     source = resolve_source(cfg.model or task.default_model, cfg, cfg.task)
+    check_vae(cfg)
     jobs = prompts.make_jobs(cfg, rows, source.name, task.name)
+    warnings = [w for w in (prompts.ignored_eta(cfg, rows),) if w]
     batches = prompts.batches(jobs, cfg.n_samples)
     if cfg.output is not None:
         if len(jobs) != 1:
             raise UsageError(f"--output {cfg.output}: writes one image, but this run makes {len(jobs)}; "
                              "use --n_samples 1 --n_iter 1 and one input, or --outdir")
+        if Path(cfg.output).is_dir():
+            raise UsageError(f"--output {cfg.output}: is a folder; give a file name ending in .png, .jpg or .webp")
         if Path(cfg.output).suffix.lower() not in outputs.FORMATS:
             raise UsageError(f"--output {cfg.output}: unknown image type; end it in .png, .jpg or .webp")
-        outdir = outputs.prepare_outdir(str(Path(cfg.output).parent), need_samples=False)
+        outdir = outdir_for(str(Path(cfg.output).parent), need_samples=False)
+    elif cfg.indir is not None and cfg.n_samples * cfg.n_iter == 1:
+        outdir = outdir_for(cfg.outdir or task.outdir, need_samples=False)
+        if outdir.resolve() == Path(cfg.indir).expanduser().resolve():
+            raise UsageError(f"--outdir {cfg.outdir}: is the --indir folder; the results (named after the inputs) "
+                             "would replace them; give another --outdir")
     else:
-        outdir = outputs.prepare_outdir(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
-    return Plan(cfg, task, jobs, batches, outdir, source)
+        outdir = outdir_for(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
+    # A dry run checks the device now; a real run does when it has taken its --resume lock (importing torch
+    # to ask for a GPU costs a second or two), unless it needs no torch for that (--device cpu).
+    runtime = resolve_runtime(cfg) if dry_run or cfg.device == "cpu" else None
+    if cfg.safety_checker:
+        postprocess.find_checker(cfg.safety_checker_source, source)
+    return Plan(cfg, task, jobs, batches, outdir, source, runtime, notes, warnings)

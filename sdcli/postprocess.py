@@ -8,6 +8,7 @@ The watermark is invisible-watermark's dwtDct, applied on BGR arrays as the orig
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -55,58 +56,107 @@ def _processor_folder(root: Path) -> Optional[Path]:
     return root if (root / "preprocessor_config.json").is_file() else None
 
 
-def checker_location(source) -> Optional[str]:
-    """Where the model's own checker would be: the model folder, a single file's config folder, a hub id."""
+@dataclass(frozen=True)
+class CheckerPlace:
+    """Where a safety checker is: local folders, or a hub repo with its subfolders ("" = the root)."""
+
+    model: str  # folder, or hub id
+    processor: str  # folder, or hub id
+    model_subfolder: Optional[str] = None  # hub only
+    processor_subfolder: Optional[str] = None
+    variant: Optional[str] = None  # a folder holding only model.<variant>.safetensors (fp16-only releases)
+
+
+def _own_checker(source) -> tuple[Optional[str], str]:
+    """Where the model's own checker would be, and the flag that named it."""
     if source.kind == "folder":
-        return source.location
-    if source.kind == "single_file" and source.config and Path(source.config).is_dir():
-        return source.config
+        return source.location, "--model"
+    if source.kind == "single_file" and source.config and not source.config.lower().endswith((".yaml", ".yml")):
+        return source.config, "--model-config"  # a diffusers folder or a hub id
     if source.kind == "hub":
-        return source.location
-    return None
+        return source.location, "--model"
+    return None, "--model"
 
 
-def load_safety_checker(where: Optional[str], device: str, dtype, configured: bool) -> SafetyChecker:
-    """Load a checker from a folder (with safety_checker/ or a checker at its root) or a hub id."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPImageProcessor
-
-    flag = "--safety-checker-source" if configured else "--model"
+def find_checker(configured: Optional[str], source=None) -> Optional[CheckerPlace]:
+    """The checker ``--safety-checker-source`` names, or else the model's own, found without loading it (so a
+    missing one stops a run, and a dry run, before the model loads). None for a built-in model that is not
+    built yet: it is built with its checker."""
+    where, flag = (configured, "--safety-checker-source") if configured else _own_checker(source)
     if where is None:
         raise ModelUnavailable(f"safety checker: this model has none; give one with --safety-checker-source "
                                f"PATH_OR_HUB_ID, {OPT_OUT}")
     root = Path(where).expanduser()
-    try:
-        if root.is_dir():
-            model_dir = root / "safety_checker" if _is_checker_config(root / "safety_checker") else root
-            proc_dir = _processor_folder(root)
-            if not _is_checker_config(model_dir) or proc_dir is None:
-                raise ModelUnavailable(
-                    f"safety checker: {flag} {where} has no safety_checker/ with a feature extractor; give one with "
-                    f"--safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}")
-            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, dtype=dtype)
-            processor = CLIPImageProcessor.from_pretrained(proc_dir)
-        else:
-            model, processor = _load_from_hub(where, dtype)
-    except ModelUnavailable:
-        raise
-    except Exception as e:
-        raise ModelUnavailable(f"safety checker: cannot load it from {where} ({first_line(e, 200)}); give one with "
-                               f"--safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}") from e
-    return SafetyChecker(model.to(device).eval(), processor, device, dtype)
+    if configured is None and source.builtin is not None and not root.is_dir():
+        return None
+    if root.is_dir():
+        model_dir = root / "safety_checker" if _is_checker_config(root / "safety_checker") else root
+        proc_dir = _processor_folder(root)
+        if not _is_checker_config(model_dir) or proc_dir is None:
+            raise ModelUnavailable(f"safety checker: {flag} {where} has no safety_checker/ with a feature extractor; "
+                                   f"give one with --safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}")
+        return CheckerPlace(str(model_dir), str(proc_dir), variant=_only_variant(model_dir))
+    return _find_in_hub(where, flag)
 
 
-def _load_from_hub(repo: str, dtype):
+def _only_variant(folder: Path) -> Optional[str]:
+    """``fp16`` for a folder with ``model.fp16.safetensors`` and no plain weights; else None."""
+    names = set(os.listdir(folder))
+    if names & {"model.safetensors", "pytorch_model.bin"}:
+        return None
+    variants = {n.split(".")[1] for n in names if n.startswith("model.") and n.endswith(".safetensors") and n.count(".") == 2}
+    return variants.pop() if len(variants) == 1 else None
+
+
+def _find_in_hub(repo: str, flag: str) -> CheckerPlace:
+    """A pipeline repo (safety_checker/ + feature_extractor/) or a checker repo (files at the root). Offline,
+    the cache must hold it; online, diffusers downloads what is missing."""
+    from .models import offline
+
+    layouts = [("safety_checker", "feature_extractor"), ("", "")]
+    if not offline():
+        return CheckerPlace(repo, repo, *layouts[0])
+    from huggingface_hub import try_to_load_from_cache
+
+    for model_sub, proc_sub in layouts:
+        prefix = f"{model_sub}/" if model_sub else ""
+        proc_prefix = f"{proc_sub}/" if proc_sub else ""
+        if isinstance(try_to_load_from_cache(repo, f"{prefix}config.json"), str) and \
+                isinstance(try_to_load_from_cache(repo, f"{proc_prefix}preprocessor_config.json"), str):
+            return CheckerPlace(repo, repo, model_sub, proc_sub)
+    raise ModelUnavailable(f"safety checker: {flag} {repo} has no safety checker in the Hugging Face cache "
+                           f"(HF_HUB_OFFLINE is set); give one with --safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}")
+
+
+def load_safety_checker(configured: Optional[str], source, device: str, dtype) -> SafetyChecker:
+    """Load the checker ``find_checker`` finds (the source's files must exist by now)."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    try:  # a pipeline repo: safety_checker/ and feature_extractor/ subfolders
-        model = StableDiffusionSafetyChecker.from_pretrained(repo, subfolder="safety_checker", dtype=dtype)
-        processor = CLIPImageProcessor.from_pretrained(repo, subfolder="feature_extractor")
-    except OSError:  # a checker repo (CompVis/stable-diffusion-safety-checker): files at the root
-        model = StableDiffusionSafetyChecker.from_pretrained(repo, dtype=dtype)
-        processor = CLIPImageProcessor.from_pretrained(repo)
-    return model, processor
+    from .models import offline
+
+    place = find_checker(configured, source)
+
+    def where(name: str, subfolder: Optional[str]) -> dict:
+        hub = {"local_files_only": offline()} if subfolder is not None else {}
+        return {"pretrained_model_name_or_path": name, **hub, **({"subfolder": subfolder} if subfolder else {})}
+
+    try:
+        try:
+            variant = {"variant": place.variant} if place.variant else {}
+            model = StableDiffusionSafetyChecker.from_pretrained(**where(place.model, place.model_subfolder), dtype=dtype,
+                                                                 **variant)
+            processor = CLIPImageProcessor.from_pretrained(**where(place.processor, place.processor_subfolder))
+        except OSError:
+            if place.model_subfolder != "safety_checker" or offline():
+                raise
+            # online, a checker repo (CompVis/stable-diffusion-safety-checker): files at the root
+            model = StableDiffusionSafetyChecker.from_pretrained(place.model, dtype=dtype)
+            processor = CLIPImageProcessor.from_pretrained(place.processor)
+    except Exception as e:
+        raise ModelUnavailable(f"safety checker: cannot load it from {place.model} ({first_line(e, 200)}); give one "
+                               f"with --safety-checker-source PATH_OR_HUB_ID, {OPT_OUT}") from e
+    return SafetyChecker(model.to(device).eval(), processor, device, dtype)
 
 
 def black_like(image):

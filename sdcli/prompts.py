@@ -16,12 +16,11 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import limits, schedulers
+from . import limits, schedulers, textfiles
 from .config import ROW_ALIASES, ROW_KEYS, RunConfig
 from .errors import UsageError, suggest
 from .files import read_user_file
@@ -57,7 +56,7 @@ class Job:
     W: Optional[int]
     H: Optional[int]
     scheduler: str
-    eta: float
+    eta: Optional[float]  # None: the scheduler ignores eta (schedulers.eta_used)
     iteration: int
     inputs: Any = None  # the task's inputs (tasks.TaskInputs: frozen, hashable), None for txt2img
     source: str = ""
@@ -123,13 +122,7 @@ def read_prompt_file(path: str, extra_keys: frozenset = frozenset()) -> list[Row
     p = Path(path)
     name = f"--from-file {path}"
     raw = read_user_file(path, name, "a .txt, .jsonl, .yaml or .csv prompt file", MAX_PROMPT_FILE, allow_empty=True)
-    if b"\0" in raw:
-        raise UsageError(f"{name}: binary data (NUL bytes); give a text prompt file")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UsageError(f"{name}: not UTF-8 (line {line}); save the file as UTF-8") from None
+    text = textfiles.decode(raw, name)
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
         rows = _jsonl_rows(text, path, extra_keys)
@@ -139,7 +132,7 @@ def read_prompt_file(path: str, extra_keys: frozenset = frozenset()) -> list[Row
         rows = _csv_rows(text, path, extra_keys)
     else:
         rows = [Row(prompt=line.strip(), source=f"{path}:{i}")
-                for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.lstrip().startswith("#")]
+                for i, line in enumerate(textfiles.lines(text), 1) if line.strip() and not line.lstrip().startswith("#")]
     if not rows:
         raise UsageError(f"{name}: no prompts in it (blank lines and # comments are skipped)")
     return rows
@@ -147,27 +140,16 @@ def read_prompt_file(path: str, extra_keys: frozenset = frozenset()) -> list[Row
 
 def _jsonl_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
     rows = []
-    # Not str.splitlines(): JSON strings may hold U+2028/U+2029/U+0085 unescaped.
-    for i, line in enumerate(re.split(r"\r\n|[\r\n]", text), 1):
+    for i, line in enumerate(textfiles.lines(text), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{i}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{where}: invalid JSON ({e.msg}); one JSON object per line") from None
-        rows.append(_row(data, where, extra_keys))
+        rows.append(_row(textfiles.load_json(line, where), where, extra_keys))
     return rows
 
 
 def _yaml_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UsageError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML; fix the syntax") from None
+    data = textfiles.load_yaml(text, path)
     if data is None:
         return []
     if isinstance(data, dict) and isinstance(data.get("prompts"), list):
@@ -178,15 +160,20 @@ def _yaml_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
 
 
 def _csv_rows(text: str, path: str, extra_keys: frozenset) -> list[Row]:
+    csv.field_size_limit(MAX_PROMPT_FILE)  # the csv module's own limit (128 KiB a field) is not ours to impose
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise UsageError(f"{path}: the first line must be a header naming the columns, with a 'prompt' column")
     rows = []
-    for record in reader:
-        i = reader.line_num
-        if None in record:
-            raise UsageError(f"{path}:{i}: more fields than header columns; quote values that contain commas")
-        rows.append(row_from_mapping({k: (v if v != "" else None) for k, v in record.items()}, f"{path}:{i}", extra_keys))
+    try:
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise UsageError(f"{path}: the first line must be a header naming the columns, with a 'prompt' column")
+        for record in reader:
+            i = reader.line_num
+            if None in record:
+                raise UsageError(f"{path}:{i}: more fields than header columns; quote values that contain commas")
+            rows.append(row_from_mapping({k: (v if v != "" else None) for k, v in record.items()}, f"{path}:{i}",
+                                         extra_keys))
+    except csv.Error as e:
+        raise UsageError(f"{path}:{reader.line_num}: invalid CSV ({e}); fix the quoting") from None
     return rows
 
 
@@ -210,11 +197,14 @@ def rows_for(cfg: RunConfig, extra_keys: frozenset = frozenset()) -> list[Row]:
 
 
 def make_jobs(cfg: RunConfig, rows: list[Row], model: str, task: str) -> list[Job]:
-    """Expand rows into one job per image, in generation order, with their seeds and ids."""
-    if cfg.from_file is None:  # one prompt (per input image): n_samples images of it per iteration
-        per_iter = [(row, j) for row in rows for j in range(cfg.n_samples)]
-    else:
-        per_iter = [(row, r) for row in rows for r in range(cfg.repeat)]
+    """Expand rows into one job per image, in generation order, with their seeds and ids (``cfg.seed`` set:
+    ``plan`` picks the random one)."""
+    each, flag = (cfg.n_samples, "--n_samples") if cfg.from_file is None else (cfg.repeat, "--repeat")
+    total = len(rows) * each * cfg.n_iter
+    if total > limits.MAX_JOBS:
+        raise UsageError(f"{flag} {each} x --n_iter {cfg.n_iter} x {len(rows)} prompt(s) = {total} images: more than "
+                         f"{limits.MAX_JOBS} in one run; split the work into several runs")
+    per_iter = [(row, j) for row in rows for j in range(each)]
     jobs: list[Job] = []
     for it in range(cfg.n_iter):
         for pos, (row, rep) in enumerate(per_iter):
@@ -226,15 +216,30 @@ def make_jobs(cfg: RunConfig, rows: list[Row], model: str, task: str) -> list[Jo
                 seed = cfg.seed + pos % cfg.n_samples
             else:
                 seed = cfg.seed + k
+            if seed > limits.MAX_SEED:  # every recorded seed must be one --seed accepts, to regenerate the image
+                where = f"{row.source}: seed {o['seed']}" if "seed" in o else f"--seed {cfg.seed}"
+                raise UsageError(f"{where}: image {k + 1} of this run would need seed {seed}, above the largest "
+                                 f"({limits.MAX_SEED}); use a smaller seed")
             job = Job(
                 index=k, prompt=row.prompt, negative_prompt=o.get("negative_prompt", cfg.negative_prompt),
                 seed=seed, steps=o.get("steps", cfg.steps), scale=o.get("scale", cfg.scale),
                 W=o.get("W", cfg.W), H=o.get("H", cfg.H), scheduler=o.get("scheduler", cfg.scheduler),
-                eta=o.get("eta", cfg.eta), iteration=it, inputs=row.inputs, source=row.source, error=row.error,
+                eta=schedulers.eta_used(o.get("scheduler", cfg.scheduler), o.get("eta", cfg.eta)), iteration=it, inputs=row.inputs, source=row.source, error=row.error,
             )
             job.id = job.job_id(model, task)
             jobs.append(job)
     return jobs
+
+
+def ignored_eta(cfg: RunConfig, rows: list[Row]) -> Optional[str]:
+    """A warning when an eta was asked for with schedulers that ignore it (its jobs record eta null)."""
+    ignored = sorted({r.overrides.get("scheduler", cfg.scheduler) for r in rows if r.overrides.get("eta", cfg.eta)
+                      and schedulers.eta_used(r.overrides.get("scheduler", cfg.scheduler), 1.0) is None})
+    if not ignored:
+        return None
+    takes = ", ".join(n for n, s in schedulers.TABLE.items() if s.eta)
+    return (f"--eta: the {', '.join(ignored)} scheduler ignores eta (only {takes} uses it); its images record eta "
+            "null. Use --scheduler ddim for eta, or leave --eta out")
 
 
 def batches(jobs: list[Job], n_samples: int) -> list[list[Job]]:

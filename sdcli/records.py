@@ -21,6 +21,7 @@ class RunFacts:
     model_source: str  # the hub id, or the kind of source (folder, single_file)
     device: str = ""
     precision: str = ""
+    model_sha256: Optional[str] = None  # of the weights file (a folder's UNet weights); see hashes.py
 
     @classmethod
     def of(cls, task: str, source, device: str = "", precision: str = "") -> "RunFacts":
@@ -52,10 +53,12 @@ def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Option
         "batch_size": len(batch.images),
         "model": facts.model,
         "model_source": facts.model_source,
+        "model_sha256": facts.model_sha256,
         "device": facts.device,
         "precision": facts.precision,
         "nsfw": nsfw,
         "watermark": watermark,
+        "truncated": job.prompt in batch.truncated or job.negative_prompt in batch.truncated,
         **(job.inputs.record() if job.inputs is not None else {}),
     }
 
@@ -66,7 +69,8 @@ def failure_record(facts: RunFacts, job: Job, error: str) -> dict[str, Any]:
 
 
 def grid_record(facts: RunFacts, images: int, watermark: Optional[str]) -> dict[str, Any]:
-    return {**facts.base(), "model": facts.model, "images": images, "watermark": watermark}
+    return {**facts.base(), "model": facts.model, "model_sha256": facts.model_sha256, "images": images,
+            "watermark": watermark}
 
 
 def manifest_line(record: dict[str, Any], path: str, sha256: str, **extra: Any) -> dict[str, Any]:
@@ -76,12 +80,19 @@ def manifest_line(record: dict[str, Any], path: str, sha256: str, **extra: Any) 
 
 # --- AUTOMATIC1111 `parameters` ----------------------------------------------------------------------
 
+def short_hash(sha256: Optional[str]) -> Optional[str]:
+    """A1111's ``Model hash``: the first 10 hex digits of the weights file's sha256."""
+    return sha256[:10] if sha256 else None
+
+
 def a1111_for(record: dict[str, Any], job: Job) -> str:
-    """The ``parameters`` text of an image, from its record."""
+    """The ``parameters`` text of an image, from its record (a grid's: from its first image's). DDIM's eta
+    is A1111's ``Eta DDIM`` (its ``Eta`` is the ancestral samplers' eta)."""
     params = {
         "Steps": record["steps"], "Sampler": schedulers.a1111_name(job.scheduler), "CFG scale": record["scale"],
-        "Seed": record["seed"], "Size": f"{record['width']}x{record['height']}", "Model": record["model"],
-        "Eta": record["eta"] if job.scheduler == "ddim" and record["eta"] else None,
+        "Seed": record["seed"], "Size": f"{record['width']}x{record['height']}",
+        "Model hash": short_hash(record.get("model_sha256")), "Model": record["model"],
+        "Eta DDIM": record["eta"] if job.scheduler == "ddim" and record["eta"] else None,
         **(job.inputs.a1111() if job.inputs is not None else {}),
         "Version": f"sdcli {__version__}",
     }

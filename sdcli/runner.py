@@ -19,6 +19,7 @@ from .progress import Reporter
 from .prompts import Job
 
 GRID_MAX_IMAGES = 256  # a grid holds every image of the run in memory
+LOCK_NAME = ".sdcli-resume.lock"
 
 
 @dataclass
@@ -92,7 +93,9 @@ def resume_lock(p: Plan):
     import fcntl
     import os
 
-    fd = os.open(p.outdir / ".sdcli-resume.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    from .files import open_own_file
+
+    fd = open_own_file(p.outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, outputs.FILE_MODE, f"--outdir {p.outdir}: {LOCK_NAME}")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,8 +129,14 @@ class Run:
         self.summary = Summary(task=p.task.name, outdir=str(p.outdir), total=len(p.jobs))
         self.done: dict[str, dict[str, Any]] = {}
         self.watermark = self.cfg.watermark_text if self.cfg.watermark else None  # the payload
+        # instruct-edit --output writes one file where the user said, and a manifest beside it only if asked
+        self.writes_manifest = self.cfg.output is None or self.cfg.manifest
         self.warned_small = False
         self.grid_images: dict[int, Any] = {}
+        self.grid_records: dict[int, dict[str, Any]] = {}  # the grid's parameters are its first image's
+        suffix = Path(self.cfg.output).suffix if self.cfg.output else outputs.suffix_of(self.cfg.format)
+        if self.watermark is not None and outputs.loses_watermark(suffix, self.cfg.quality):
+            reporter.warn("lossy WebP erases the invisible watermark; use --quality 100 (lossless WebP), jpg or png")
 
     def execute(self) -> Summary:
         t0 = time.monotonic()
@@ -175,7 +184,12 @@ class Run:
 
     def select(self) -> list[list[Job]]:
         """The batches still to make (--resume skips jobs already complete in the outdir)."""
-        self.done = manifest.completed(self.p.outdir) if self.cfg.resume else {}
+        damaged: list[int] = []
+        self.done = manifest.completed(self.p.outdir, damaged) if self.cfg.resume else {}
+        if damaged:
+            lines = ", ".join(map(str, damaged[:10])) + (" ..." if len(damaged) > 10 else "")
+            self.reporter.warn(f"{manifest.MANIFEST}: skipped {len(damaged)} damaged line(s) (line {lines}); "
+                               "the images they recorded are made again")
         self.summary.skipped = sum(1 for j in self.p.jobs if j.id in self.done)
         if self.summary.skipped:
             self.reporter.info(f"resume: {self.summary.skipped} of {len(self.p.jobs)} image(s) already complete in {self.p.outdir}")
@@ -188,11 +202,12 @@ class Run:
             if job.error is not None and job.id not in self.done:
                 self.reporter.warn(f"{job.error} (skipping this row)")
                 self.summary.failures.append(records.failure_record(facts, job, job.error))
-        manifest.record_failures(self.p.outdir, self.summary.failures)
+        if self.writes_manifest:
+            manifest.record_failures(self.p.outdir, self.summary.failures)
         self.summary.failed = len(self.summary.failures)
 
     def wants_grid(self) -> bool:
-        if self.cfg.skip_grid or self.cfg.output is not None:
+        if self.cfg.skip_grid or self.cfg.output is not None or self.p.named_after_inputs:
             return False
         if len(self.p.jobs) > GRID_MAX_IMAGES:
             self.reporter.warn(f"no grid for a run of {len(self.p.jobs)} images (at most {GRID_MAX_IMAGES}); "
@@ -223,7 +238,8 @@ class Run:
                     continue  # --resume regenerated the whole batch (identical pixels) for its missing images
                 image, mark = self.watermarked(image)
                 self.summary.unwatermarked += self.watermark is not None and mark is None
-                written = self.save(records.image_record(gen.facts, job, result, flagged, mark), job, image, result)
+                rec = records.image_record(gen.facts, job, result, flagged, mark)
+                written = self.save(rec, job, image, result)
                 if written is not None:
                     self.summary.images.append(str(written))
                 path = outputs.relpath(written, self.p.outdir) if written is not None else ""
@@ -232,11 +248,13 @@ class Run:
                 self.reporter.image(job.index, path, job.seed, flagged)
                 if want_grid:
                     self.grid_images[job.index] = image
+                    self.grid_records[job.index] = rec
 
     def batch_failed(self, facts: records.RunFacts, number: int, batch: list[Job], e: Exception) -> None:
         message = f"generation failed in batch {number} ({batch[0].source}): {type(e).__name__}: {first_line(e)}"
         failures = [records.failure_record(facts, j, message) for j in batch if j.id not in self.done]
-        manifest.record_failures(self.p.outdir, failures)
+        if self.writes_manifest:
+            manifest.record_failures(self.p.outdir, failures)
         self.summary.failures += failures
         self.summary.failed += len(failures)
         self.reporter.warn(message)
@@ -256,15 +274,17 @@ class Run:
         return apply_watermark(image, self.watermark.encode("utf-8")), self.watermark
 
     def save(self, rec: dict[str, Any], job: Job, image, result) -> Optional[Path]:
-        """Write one image (numbered sample, or --output) with its record and manifest line; returns where
-        (None with --skip-save)."""
+        """Write one image (numbered sample, or --output / --indir's OUTDIR/x.png: ``Plan.exact_path``) with its
+        record and manifest line; returns where (None with --skip-save)."""
         parameters = records.a1111_for(rec, job)
         outdir = self.p.outdir
-        if self.cfg.output is not None:
-            data = outputs.encode_image(image, Path(self.cfg.output).suffix, parameters, rec)
-            written = outputs.write_exact(Path(self.cfg.output), data)
-            manifest.append_manifest(outdir, [records.manifest_line(rec, outputs.relpath(written, outdir),
-                                                                   outputs.sha256(data))])
+        exact = self.p.exact_path(job)
+        if exact is not None:
+            data = outputs.encode_image(image, exact.suffix, parameters, rec, self.cfg.quality)
+            written = outputs.write_exact(exact, data)
+            if self.writes_manifest:
+                line = records.manifest_line(rec, outputs.relpath(written, outdir), outputs.sha256(data))
+                manifest.append_manifest(outdir, [line])
         elif self.cfg.skip_save:
             return None
         else:
@@ -277,7 +297,9 @@ class Run:
                 path = outputs.write_exact(target.with_name(target.stem + "-depth.png"), png)
                 return {"depth_path": outputs.relpath(path, outdir)}
 
-            written, _ = manifest.save_sample(outdir, outputs.encode_png(image, parameters, rec), rec, save_depth)
+            suffix = outputs.suffix_of(self.cfg.format)
+            data = outputs.encode_image(image, suffix, parameters, rec, self.cfg.quality)
+            written, _ = manifest.save_sample(outdir, data, rec, save_depth, suffix)
         return written
 
     # --- the grid ------------------------------------------------------------------------------------
@@ -289,8 +311,18 @@ class Run:
             return None
         grid = outputs.make_grid(images, self.cfg.n_rows or self.cfg.n_samples)
         grid, mark = self.watermarked(grid, warn=False)
-        data = outputs.encode_png(grid, "", records.grid_record(facts, len(images), mark))
-        return str(outputs.write_numbered(self.p.outdir, data, outputs.GRID_RE, "grid-{:04d}.png"))
+        suffix = outputs.suffix_of(self.cfg.format)
+        data = outputs.encode_image(grid, suffix, self.grid_parameters(), records.grid_record(facts, len(images), mark),
+                                    self.cfg.quality)
+        return str(outputs.write_numbered(self.p.outdir, data, outputs.GRID_RE, "grid-{:04d}" + suffix))
+
+    def grid_parameters(self) -> str:
+        """The A1111 ``parameters`` of the grid: its first image's (as A1111's grids)."""
+        for job in self.p.jobs:
+            rec = self.grid_records.get(job.index) or self.done.get(job.id)
+            if rec is not None:
+                return records.a1111_for(rec, job)
+        return ""
 
     def all_images(self) -> list:
         """Every image of the job set in order: this run's, and (with --resume) those already on disk."""

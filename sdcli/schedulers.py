@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from .errors import UsageError, suggest
 
@@ -18,10 +18,11 @@ class Scheduler:
     cls: str  # diffusers class name
     a1111: str  # AUTOMATIC1111's sampler name (the `Sampler:` field)
     extra: dict = field(default_factory=dict)  # from_config keyword arguments
+    eta: bool = False  # its step() takes eta (diffusers passes --eta only then; all others ignore it)
 
 
 TABLE: dict[str, Scheduler] = {
-    "ddim": Scheduler("DDIMScheduler", "DDIM"),
+    "ddim": Scheduler("DDIMScheduler", "DDIM", eta=True),
     "pndm": Scheduler("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
     "lms": Scheduler("LMSDiscreteScheduler", "LMS"),
     "euler": Scheduler("EulerDiscreteScheduler", "Euler"),
@@ -51,6 +52,12 @@ def canonical(name: str, where: str) -> str:
     return key
 
 
+def eta_used(name: str, eta: float) -> Optional[float]:
+    """The eta a job with scheduler ``name`` really uses: ``eta`` where the scheduler takes it, None where it
+    ignores it. ``model`` (the model's own scheduler) is only known once loaded: ``eta`` is kept until then."""
+    return eta if name == MODEL or TABLE[name].eta else None
+
+
 def a1111_name(name: str) -> str:
     return TABLE[name].a1111 if name in TABLE else "Model default"
 
@@ -67,3 +74,10 @@ def make(name: str, base_config: Any):
     config = dict(base_config)
     kwargs = {"clip_sample": config.get("clip_sample", False), **entry.extra}
     return getattr(diffusers, entry.cls).from_config(config, **kwargs)
+
+
+def takes_eta(scheduler: Any) -> bool:
+    """Does a loaded scheduler use eta (the ``model`` case of ``eta_used``)?"""
+    import inspect
+
+    return "eta" in inspect.signature(scheduler.step).parameters

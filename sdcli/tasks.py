@@ -13,18 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 from . import images, limits
-from .config import TASK_NAMES, RunConfig
+from .images import InputFile
+from .config import SIZE_FROM_INPUT, TASK_NAMES, RunConfig
 from .errors import UsageError
 from .prompts import Job, Row, denoising_steps
 
 
 # --- typed inputs ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    sha256: str
-
 
 @dataclass(frozen=True)
 class ImageInputs:
@@ -34,6 +29,7 @@ class ImageInputs:
     resize_mode: str
     RECORD_NAMES: ClassVar[dict] = {"image": "input_image", "image_sha256": "input_image_sha256"}
     A1111: ClassVar[dict] = {}  # field -> A1111 parameter name
+    A1111_FILES: ClassVar[dict] = {"image": "Init image", "mask": "Mask image", "depth_map": "Depth map"}
 
     def fields(self) -> dict[str, Any]:
         """Flat: ``image``, ``image_sha256``, ... (files as path + sha256; unset ones left out)."""
@@ -46,12 +42,22 @@ class ImageInputs:
                 out[f.name] = value
         return out
 
+    def files(self) -> dict[str, InputFile]:
+        return {f.name: v for f in dataclasses.fields(self) if isinstance(v := getattr(self, f.name), InputFile)}
+
     def record(self) -> dict[str, Any]:
-        """Fields for the metadata and the manifest (the input image as ``input_image``)."""
-        return {self.RECORD_NAMES.get(k, k): v for k, v in self.fields().items()}
+        """Fields for the metadata and the manifest (the input image as ``input_image``): files by their name
+        and sha256, not by a path of the user's machine (``fields`` keeps the path: job ids hash it)."""
+        files = self.files()
+        return {self.RECORD_NAMES.get(k, k): Path(files[k].path).name if k in files else v
+                for k, v in self.fields().items()}
 
     def a1111(self) -> dict[str, Any]:
-        return {label: getattr(self, key) for key, label in self.A1111.items()}
+        out = {label: getattr(self, key) for key, label in self.A1111.items()}
+        for key, file in self.files().items():
+            label = self.A1111_FILES.get(key, key)
+            out[label], out[f"{label} sha256"] = Path(file.path).name, file.sha256
+        return out
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,10 @@ class StrengthInputs(ImageInputs):  # img2img
 @dataclass(frozen=True)
 class MaskInputs(StrengthInputs):  # inpaint
     mask: Optional[InputFile] = None
+    # Paste-back (CompVis inpaint.py): the unmasked pixels come from the input, the edge feathered by this many
+    # pixels. None: no paste-back (--no-paste-back; left out of the record and the job id, as in sdcli 0.1).
+    mask_blur: Optional[int] = None
+    A1111: ClassVar[dict] = {"strength": "Denoising strength", "mask_blur": "Mask blur"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,10 @@ class Task:
         """Task-specific pipeline arguments for a batch (its jobs share inputs and settings)."""
         return Prepared({"height": height, "width": width})
 
+    def finish(self, batch: list[Job], prepared: Prepared, generated: list) -> list:
+        """The batch's images after the pipeline, before the safety checker (inpaint pastes the input back)."""
+        return generated
+
 
 Info = Callable[[str], images.ImageInfo]  # input key ("image", "mask", ...) -> the checked file
 
@@ -130,7 +144,7 @@ class ImageTask(Task):
     @property
     def row_keys(self) -> frozenset:
         return frozenset({"image", *self.files, *(f.name for f in dataclasses.fields(self.inputs_class))}) \
-            - {"resize_mode"}
+            - {"resize_mode", "mask_blur"}  # flags and config only
 
     def expand_rows(self, cfg: RunConfig, rows: list[Row]) -> list[Row]:
         flagged = self.flag_files(cfg)
@@ -193,7 +207,7 @@ class ImageTask(Task):
 
     def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
         inputs = batch[0].inputs
-        image = images.load(inputs.image.path, width, height, inputs.resize_mode)
+        image = images.load(inputs.image, width, height, inputs.resize_mode)
         return Prepared({"image": image, **self.pipeline_inputs(inputs, width, height)})
 
     def pipeline_inputs(self, inputs: ImageInputs, width: int, height: int) -> dict[str, Any]:
@@ -204,10 +218,11 @@ class Img2Img(ImageTask):
     name = "img2img"
     pipeline_class = "StableDiffusionImg2ImgPipeline"
     inputs_class = StrengthInputs
-    default_strength = 0.75
 
     def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
-        strength = row.overrides.get("strength", cfg.strength if cfg.strength is not None else self.default_strength)
+        strength = row.overrides.get("strength", cfg.strength)  # the task's default: config.TASK_DEFAULTS
+        if strength is None:
+            raise UsageError(f"--strength: {self.name} needs a strength between 0 and 1 (the config sets none)")
         steps = row.overrides.get("steps", cfg.steps)
         if denoising_steps(steps, strength) < 1:
             raise UsageError(f"--strength {strength} with --steps {steps} runs no denoising step "
@@ -223,7 +238,6 @@ class Inpaint(Img2Img):
     pipeline_class = "StableDiffusionInpaintPipeline"
     default_model = "stable-diffusion-v1-5/stable-diffusion-inpainting"
     inputs_class = MaskInputs
-    default_strength = 1.0
     files = ("mask",)
 
     def flag_files(self, cfg: RunConfig) -> list[dict[str, str]]:
@@ -240,10 +254,18 @@ class Inpaint(Img2Img):
         if (mask.width, mask.height) != (image.width, image.height):
             raise UsageError(f"--mask {mask.path}: {mask.width}x{mask.height} differs from the image "
                              f"{image.path} ({image.width}x{image.height}); give a mask of the same size")
-        return {**super().own_inputs(cfg, row, files, info, image), "mask": InputFile(mask.path, mask.sha256)}
+        return {**super().own_inputs(cfg, row, files, info, image), "mask": InputFile(mask.path, mask.sha256),
+                "mask_blur": cfg.mask_blur if cfg.paste_back else None}
+
+    def finish(self, batch: list[Job], prepared: Prepared, generated: list) -> list:
+        inputs = batch[0].inputs
+        if inputs.mask_blur is None:  # --no-paste-back
+            return generated
+        original, mask = prepared.kwargs["image"], prepared.kwargs["mask_image"]
+        return [images.paste_back(im, original, mask, inputs.mask_blur) for im in generated]
 
     def pipeline_inputs(self, inputs, width, height) -> dict[str, Any]:
-        mask = images.load(inputs.mask.path, width, height, inputs.resize_mode, "L")
+        mask = images.load(inputs.mask, width, height, inputs.resize_mode, "L")
         return {**super().pipeline_inputs(inputs, width, height), "mask_image": mask, "height": height, "width": width}
 
 
@@ -252,7 +274,6 @@ class Depth2Img(Img2Img):
     pipeline_class = "StableDiffusionDepth2ImgPipeline"
     default_model = "stabilityai/stable-diffusion-2-depth"
     inputs_class = DepthInputs
-    default_strength = 0.8
     files = ("depth_map",)
 
     def own_inputs(self, cfg, row, files, info, image) -> dict[str, Any]:
@@ -268,9 +289,8 @@ class Depth2Img(Img2Img):
     def prepare(self, pipe, batch: list[Job], width: int, height: int) -> Prepared:
         prepared = super().prepare(pipe, batch, width, height)
         inputs = batch[0].inputs
-        path = inputs.depth_map.path if inputs.depth_map else None
-        prepared.kwargs["depth_map"], prepared.depth = images.depth_map(pipe, prepared.kwargs["image"], path, width, height,
-                                                                 inputs.resize_mode)
+        prepared.kwargs["depth_map"], prepared.depth = images.depth_map(
+            pipe, prepared.kwargs["image"], inputs.depth_map, width, height, inputs.resize_mode)
         return prepared
 
 
@@ -296,6 +316,7 @@ class InstructEdit(ImageTask):
 
 TASKS: dict[str, Task] = {t.name: t for t in (Task(), Img2Img(), Inpaint(), Depth2Img(), InstructEdit())}
 assert tuple(TASKS) == TASK_NAMES
+assert tuple(t.name for t in TASKS.values() if isinstance(t, ImageTask)) == SIZE_FROM_INPUT
 
 
 def get(name: str) -> Task:

@@ -35,10 +35,9 @@ BUILD_VERSION = "3"  # bump when the tiny architecture changes, so cached builds
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SDCLI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "sdcli"
-    )
-    return Path(base) / "tiny" / f"v{BUILD_VERSION}"
+    from .files import cache_home
+
+    return cache_home() / "tiny" / f"v{BUILD_VERSION}"
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -178,6 +177,12 @@ def folder(task: str) -> Path:
     return cache_root() / TINY_KINDS[task]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def ensure(task: str) -> Path:
     """The cached tiny model folder for ``task``, built on first use (safe when runs race)."""
     from filelock import FileLock
@@ -190,14 +195,25 @@ def ensure(task: str) -> Path:
     quiet_libraries()
     kind = TINY_KINDS[task]
     root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{kind}.lock")):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f".{kind}.lock"))
+        lock.acquire()
+    except OSError as e:
+        from .errors import UsageError
+
+        raise UsageError(f"--model tiny: cannot build it in the cache {root} ({e.strerror}); set SDCLI_CACHE to "
+                         "a folder you can write to") from None
+    try:
         if (target / "model_index.json").is_file():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
         try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a cache folder gets the umask's mode
             build(kind, tmp)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return target

@@ -36,13 +36,16 @@ class Result:
         return True
 
 
-def run_process(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed console script ``sdcli`` (or ``python -m sdcli`` as a fallback)."""
+def sdcli_command(*args) -> list[str]:
+    """The command line of the installed console script ``sdcli`` (or ``python -m sdcli`` as a fallback)."""
     exe = Path(sys.executable).with_name("sdcli")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sdcli"]
+    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "sdcli"]) + [str(a) for a in args]
+
+
+def run_process(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the console script to the end."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(sdcli_command(*args), capture_output=True, text=True, env=full_env, timeout=timeout, **kwargs)
 
 
 def manifest(outdir: Path) -> list[dict]:
@@ -65,3 +68,27 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 # Fast settings for runs on the tiny model: 64 px, 2 steps, DDIM (cheaper than PNDM).
 FAST = ["--steps", 2, "--H", 64, "--W", 64, "--scheduler", "ddim"]
+
+
+class deadline:
+    """``with deadline(20):`` fails the test with TimeoutError instead of hanging (a FIFO, a lock)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+
+        def expired(signum, frame):
+            raise TimeoutError(f"still running after {self.seconds}s: it hangs")
+
+        self.previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.previous)
+        return False

@@ -13,21 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, manifest, pixels, run_process
+from helpers import FAST, manifest, pixels, run_process, sdcli_command
 
 # 16 images in 8 batches, long enough to be interrupted in the middle.
 LONG = ["--steps", 8, "--H", 64, "--W", 64, "--scheduler", "ddim", "--n_samples", 2, "--n_iter", 8, "--seed", 1,
         "--prompt", "a kettle"]
 
 
-def sdcli_cmd(*args) -> list[str]:
-    exe = Path(sys.executable).with_name("sdcli")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "sdcli"]
-    return base + [str(a) for a in args]
-
-
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(sdcli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(sdcli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

@@ -20,6 +20,7 @@ DDIM = ["--scheduler", "ddim"]
 ONE = ["--n_samples", 1, "--n_iter", 1]
 TASKS = ["img2img", "inpaint", "depth2img", "instruct-edit"]
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0, "depth2img": 0.8}
+DEFAULT_SCALE = {"img2img": "5.0"}  # CompVis scripts/img2img.py; the others 7.5
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def test_each_task_samples_grid_manifest_and_metadata(sdcli, tiny, tmp_path, tas
     strength = DEFAULT_STRENGTH.get(task)
     for rec, path in zip(records, samples):
         assert rec["task"] == task
-        assert rec["input_image"] == str(image)
+        assert rec["input_image"] == image.name  # by name and sha256, never a path of the user's machine
         assert rec["input_image_sha256"] == sha(image)
         assert rec["sha256"] == sha(path)
         assert (rec["width"], rec["height"], rec["steps"], rec["batch_size"]) == (96, 64, 4, 2)
@@ -138,7 +139,7 @@ def test_each_task_samples_grid_manifest_and_metadata(sdcli, tiny, tmp_path, tas
         else:
             assert "strength" not in rec and rec["denoising_steps"] == 4
         if task == "inpaint":
-            assert rec["mask"] == str(args[3]) and rec["mask_sha256"] == sha(args[3])
+            assert rec["mask"] == Path(args[3]).name and rec["mask_sha256"] == sha(args[3])
         else:
             assert "mask" not in rec
         if task == "instruct-edit":
@@ -148,7 +149,7 @@ def test_each_task_samples_grid_manifest_and_metadata(sdcli, tiny, tmp_path, tas
         assert "depth_map" not in rec and "depth_path" not in rec
 
     p = params(samples[1])
-    assert p["Steps"] == "4" and p["Sampler"] == "DDIM" and p["CFG scale"] == "7.5"
+    assert p["Steps"] == "4" and p["Sampler"] == "DDIM" and p["CFG scale"] == DEFAULT_SCALE.get(task, "7.5")
     assert p["Seed"] == "8" and p["Size"] == "96x64"
     if strength is not None:
         assert float(p["Denoising strength"]) == strength and "Image CFG scale" not in p
@@ -187,7 +188,7 @@ def test_img2img_batched_image_regenerated_alone(sdcli, tiny, tmp_path):
     rec = next(x for x in manifest(batch) if x["index"] == 2)
     assert rec["seed"] == 102 and rec["batch_size"] == 3
     alone = tmp_path / "alone"
-    r = sdcli("img2img", "--model", tiny("img2img"), "--image", rec["input_image"], "--prompt", rec["prompt"],
+    r = sdcli("img2img", "--model", tiny("img2img"), "--image", tmp_path / rec["input_image"], "--prompt", rec["prompt"],
               "--seed", rec["seed"], "--steps", rec["steps"], "--strength", rec["strength"], "--scale", rec["scale"],
               "--scheduler", rec["scheduler"], "--eta", rec["eta"], *ONE, "--outdir", alone)
     assert r.code == 0, r.err
@@ -333,7 +334,7 @@ def test_inpaint_mask_modes_and_content(sdcli, tiny, tmp_path):
                   *ONE, "--outdir", out, "--skip-grid", "--no-safety-checker")
         assert r.code == 0, f"{name}: {r.err}"
         rec = manifest(out)[0]
-        assert rec["mask"] == str(mask) and rec["mask_sha256"] == sha(mask)
+        assert rec["mask"] == mask.name and rec["mask_sha256"] == sha(mask)
         got[name] = pixels(out / rec["path"])
     for mode in ("RGB", "RGBA", "1"):
         assert np.array_equal(got[mode], got["L"]), mode
@@ -366,7 +367,7 @@ def test_inpaint_indir_pairs(sdcli, tiny, tmp_path, existing_outdir):
               "--outdir", out, "--no-safety-checker")
     assert r.code == 0, r.err
     recs = manifest(out)
-    assert [(x["input_image"], x["mask"]) for x in recs] == [(str(a), str(am)), (str(b), str(bm))]
+    assert [(x["input_image"], x["mask"]) for x in recs] == [(a.name, am.name), (b.name, bm.name)]
     assert [x["input_image_sha256"] for x in recs] == [sha(a), sha(b)]
     assert [x["mask_sha256"] for x in recs] == [sha(am), sha(bm)]
     assert [x["batch_size"] for x in recs] == [1, 1]
@@ -410,7 +411,7 @@ def test_depth2img_given_depth_map_is_used_and_saved(sdcli, tiny, tmp_path, esti
     recs = manifest(out)
     assert len(recs) == 2
     for rec in recs:
-        assert rec["depth_map"] == str(depth) and rec["depth_map_sha256"] == sha(depth)
+        assert rec["depth_map"] == depth.name and rec["depth_map_sha256"] == sha(depth)
         saved = out / rec["path"].replace(".png", "-depth.png")
         assert size(saved) == size(out / rec["path"]) == (96, 64)
         with Image.open(saved) as im, Image.open(depth) as given:
@@ -487,7 +488,7 @@ def test_depth2img_16bit_depth_map_keeps_its_depth(sdcli, tiny, tmp_path):
 # --- instruct-edit -------------------------------------------------------------------------------------
 
 EDIT_CLI = ["--edit", "turn it into a cyborg", "--cfg-text", 7, "--cfg-image", 1.2, "--resolution", 64,
-            "--steps", 2]
+            "--steps", 2, "--seed", 42]  # without --seed the seed is random, as edit_cli.py's
 
 
 def test_instruct_edit_exact_edit_cli_invocation(sdcli, tiny, tmp_path):
@@ -503,7 +504,7 @@ def test_instruct_edit_edit_cli_spellings(sdcli, tiny, tmp_path):
     image = noise(tmp_path / "in.png", 100, 70)
     y = tmp_path / "edited" / "y.png"
     y.parent.mkdir()
-    r = sdcli("instruct-edit", "--model", "tiny", "--input", image, "--output", y, *EDIT_CLI, *ONE, *DDIM)
+    r = sdcli("instruct-edit", "--model", "tiny", "--input", image, "--output", y, *EDIT_CLI, *ONE, *DDIM, "--manifest")
     assert r.code == 0, r.err
     assert y.is_file() and size(y) == (64, 64) == edit_cli_size(100, 70, 64)
     assert not (y.parent / "samples").exists() and not list(y.parent.glob("grid-*"))
@@ -514,12 +515,13 @@ def test_instruct_edit_edit_cli_spellings(sdcli, tiny, tmp_path):
     recs = manifest(y.parent)
     assert len(recs) == 1 and recs[0]["path"] == "y.png" and recs[0]["sha256"] == sha(y)
     assert recs[0]["image_guidance_scale"] == 1.2 and recs[0]["scale"] == 7.0 and recs[0]["model"] == "tiny"
-    assert recs[0]["input_image"] == str(image) and recs[0]["input_image_sha256"] == sha(image)
+    assert recs[0]["input_image"] == image.name and recs[0]["input_image_sha256"] == sha(image)
 
     # the same settings again to a .jpg: metadata still readable by `sdcli info`; an explicit name replaces
     jpg = tmp_path / "edited" / "y.jpg"
     for _ in range(2):
-        r = sdcli("instruct-edit", "--model", "tiny", "--input", image, "--output", jpg, *EDIT_CLI, *ONE, *DDIM)
+        r = sdcli("instruct-edit", "--model", "tiny", "--input", image, "--output", jpg, *EDIT_CLI, *ONE, *DDIM,
+                  "--manifest")
         assert r.code == 0, r.err
     with Image.open(jpg) as im:
         assert im.format == "JPEG" and im.size == (64, 64)
@@ -583,7 +585,7 @@ def test_image_folder_and_glob_give_one_batch_per_image(sdcli, tiny, tmp_path):
                   "--n_samples", 2, "--n_iter", 1, "--seed", 3, "--outdir", out, "--no-safety-checker")
         assert r.code == 0, r.err
         recs = manifest(out)
-        assert [x["input_image"] for x in recs] == [str(a), str(a), str(b), str(b)]
+        assert [x["input_image"] for x in recs] == [a.name, a.name, b.name, b.name]
         assert [x["input_image_sha256"] for x in recs] == [sha(a), sha(a), sha(b), sha(b)]
         assert [x["batch_size"] for x in recs] == [2, 2, 2, 2]
         assert [x["seed"] for x in recs] == [3, 4, 5, 6]
@@ -620,8 +622,8 @@ def test_jsonl_rows_with_their_own_images(sdcli, tiny, tmp_path, monkeypatch):
     recs = manifest(out)
     got = [(x["prompt"], x["input_image"], x["input_image_sha256"], x["strength"], x["steps"], x["denoising_steps"],
             x["width"]) for x in recs]
-    assert got == [("first", str(a), sha(a), 0.5, 4, 2, 64), ("second", str(b), sha(b), 1.0, 2, 2, 96),
-                   ("third", str(c), sha(c), 0.75, 4, 3, 64)]
+    assert got == [("first", a.name, sha(a), 0.5, 4, 2, 64), ("second", b.name, sha(b), 1.0, 2, 2, 96),
+                   ("third", c.name, sha(c), 0.75, 4, 3, 64)]
     assert [x["batch_size"] for x in recs] == [1, 1, 1]  # different inputs never share a batch
     assert "different sizes" in r.err
 
@@ -644,8 +646,8 @@ def test_jsonl_inpaint_rows_with_masks(sdcli, tiny, tmp_path):
     assert r.code == 0, r.err
     recs = manifest(out)
     assert [(x["input_image"], x["mask"], x["mask_sha256"], x["strength"], x["denoising_steps"]) for x in recs] == [
-        (str(a), str(am), sha(am), 0.5, 2), (str(b), str(bm), sha(bm), 1.0, 4),
-        (str(b), str(cli_mask), sha(cli_mask), 1.0, 4)]
+        (a.name, am.name, sha(am), 0.5, 2), (b.name, bm.name, sha(bm), 1.0, 4),
+        (b.name, cli_mask.name, sha(cli_mask), 1.0, 4)]
     assert not np.array_equal(pixels(out / recs[1]["path"]), pixels(out / recs[2]["path"]))
 
 

@@ -59,7 +59,7 @@ def test_numbering_with_a_gap_overwrites_nothing(tmp_path):
 
 
 def test_numbering_ignores_other_files(tmp_path):
-    for name in ("notes.png", "00001.jpg", "grid-0003.png", "123.png", ".tmp-abc.png", "manifest.jsonl"):
+    for name in ("notes.png", "00001.gif", "00002-depth.png", "grid-0003.png", "123.png", ".tmp-abc.png", "manifest.jsonl"):
         (tmp_path / name).write_bytes(b"x")
     assert outputs.write_numbered(tmp_path, b"new", SAMPLE_RE, SAMPLE_FMT).name == "00000.png"
 
@@ -376,7 +376,7 @@ def test_unwritable_outdir_is_a_usage_error_even_as_root(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(outputs, "create_temp", denied)
     with pytest.raises(UsageError, match="not writable") as e:
         outputs.prepare_outdir(str(tmp_path / "out"))
     assert "Permission denied" in str(e.value)

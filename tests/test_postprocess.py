@@ -68,8 +68,8 @@ def test_safety_checker_flags_and_passes(tmp_path):
     from sdcli.postprocess import load_safety_checker
 
     images = [Image.new("RGB", (64, 64), (i * 60, 20, 200)) for i in range(3)]
-    normal = load_safety_checker(str(tiny.build("txt2img", tmp_path / "normal")), "cpu", None, False)
+    normal = load_safety_checker(str(tiny.build("txt2img", tmp_path / "normal")), None, "cpu", None)
     assert normal.check(images) == [False, False, False]
-    flagging = load_safety_checker(str(tiny.build("txt2img", tmp_path / "flag", flag_everything=True)), "cpu",
-                                   None, False)
+    flagging = load_safety_checker(str(tiny.build("txt2img", tmp_path / "flag", flag_everything=True)), None,
+                                   "cpu", None)
     assert flagging.check(images) == [True, True, True]

@@ -248,15 +248,16 @@ def test_row_seed_wins_over_fixed_code():
 
 
 def test_row_overrides_apply_to_that_row_only():
-    cfg = from_file_cfg(n_samples=4, n_iter=1, steps=30, scale=7.0, W=64, H=64, negative_prompt="base neg")
+    cfg = from_file_cfg(n_samples=4, n_iter=1, steps=30, scale=7.0, W=64, H=64, negative_prompt="base neg",
+                        scheduler="euler")
     rows = [Row("a"), Row("b", {"steps": 20, "scale": 3.0, "W": 128, "negative_prompt": "ugly",
-                                "scheduler": "euler", "eta": 0.5}), Row("c")]
+                                "scheduler": "ddim", "eta": 0.5}), Row("c")]
     a, b, c = make_jobs(cfg, rows, *ID)
-    for job in (a, c):
+    for job in (a, c):  # euler ignores eta: recorded as None
         assert (job.steps, job.scale, job.W, job.H, job.negative_prompt, job.scheduler, job.eta) == \
-            (30, 7.0, 64, 64, "base neg", cfg.scheduler, cfg.eta)
+            (30, 7.0, 64, 64, "base neg", "euler", None)
     assert (b.steps, b.scale, b.W, b.H, b.negative_prompt, b.scheduler, b.eta) == \
-        (20, 3.0, 128, 64, "ugly", "euler", 0.5)
+        (20, 3.0, 128, 64, "ugly", "ddim", 0.5)
 
 
 def test_jobs_from_a_jsonl_file_end_to_end(tmp_path):
