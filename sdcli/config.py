@@ -8,15 +8,14 @@ row only (``prompts.py``). Nothing here imports torch or diffusers.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import limits, schedulers, textfiles
-from .errors import UsageError, first_line, suggest
-from .files import read_user_file
+from . import configfiles, limits, schedulers
+from .errors import UsageError, suggest
+
 
 PRECISIONS = {"auto": "auto", "autocast": "auto", "fp32": "fp32", "full": "fp32", "float32": "fp32",
               "fp16": "fp16", "half": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
@@ -149,38 +148,6 @@ def check_keys(data: dict, where: str, allowed=FIELDS) -> None:
             raise UsageError(f"{where}: unknown key '{key}'{suggest(str(key), allowed)}")
 
 
-def is_ldm_config(data: Any) -> bool:
-    """An original LDM/CompVis inference YAML (model: {target: ..., params: ...})."""
-    return isinstance(data, dict) and isinstance(data.get("model"), dict) and "target" in data["model"]
-
-
-def read_yaml(path: str) -> Any:
-    name = f"--config {path}"
-    raw = read_user_file(path, name, "a YAML file", 16 * 1024 * 1024, allow_empty=True)
-    return textfiles.load_yaml(textfiles.decode(raw, name), name)
-
-
-def presets_dir() -> Path:
-    """Presets shipped in configs/: the source tree's, or the installed copy in <prefix>/share/sdcli."""
-    import sys
-
-    source = Path(__file__).parent.parent / "configs"
-    return source if source.is_dir() else Path(sys.prefix) / "share" / "sdcli" / "configs"
-
-
-def find_config(name: str) -> str:
-    """A --config value: a path, or the name of a shipped preset (``sd15`` -> configs/sd15.yaml)."""
-    if "/" in name or os.sep in name or name.endswith((".yaml", ".yml")):
-        return name
-    preset = presets_dir() / f"{name}.yaml"
-    if preset.is_file():
-        return str(preset)
-    if Path(name).is_file():
-        return name
-    names = sorted(p.stem for p in presets_dir().glob("*.yaml"))
-    raise UsageError(f"--config {name}: no such file or preset{suggest(name, names)}; presets: {', '.join(names)}")
-
-
 def _merge(base, data: dict, where: str):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -224,18 +191,18 @@ def load(
         if (Path(name).expanduser() / "model_index.json").is_file():  # a diffusers folder for a single file
             ldm_config = name
             continue
-        path = find_config(name)
-        data = read_yaml(path)
+        path = configfiles.find_config(name)
+        data = configfiles.read_yaml(path)
         if data is None:
             continue
-        if is_ldm_config(data):
+        if configfiles.is_ldm_config(data):
             ldm_config = path
             continue
         if not isinstance(data, dict):
             raise UsageError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
         if data.get("task", task) == task:
             data.pop("task", None)
-        if task in SIZE_FROM_INPUT and Path(path).resolve().parent == presets_dir().resolve():
+        if task in SIZE_FROM_INPUT and Path(path).resolve().parent == configfiles.presets_dir().resolve():
             data = {k: v for k, v in data.items() if k not in ("H", "W")}  # the input image sets the size
         conf = _merge(conf, data, f"--config {path}")
     for item in sets or []:
@@ -314,22 +281,3 @@ def validate(cfg: RunConfig) -> RunConfig:
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")
     return cfg
-
-
-def to_yaml(cfg: RunConfig) -> str:
-    """The config as YAML (flat scalars: strings in JSON's double-quoted form, which YAML reads the same).
-    Written by hand so that `sdcli config show` needs no YAML library import (start-up time)."""
-    import json
-
-    def scalar(v: Any) -> str:
-        if v is None:
-            return "null"
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        # JSON's escapes are YAML's; escape too what YAML reads as line breaks or refuses as non-printable.
-        return re.sub("[\x7f-\x9f\u2028\u2029\ufeff]", lambda m: f"\\u{ord(m.group()):04x}",
-                      json.dumps(v, ensure_ascii=False))
-
-    return "".join(f"{k}: {scalar(v)}\n" for k, v in dataclasses.asdict(cfg).items())

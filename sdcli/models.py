@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .config import RunConfig
 from .errors import ModelUnavailable, UsageError, first_line, suggest

@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from . import concepts, hashes, models, postprocess, schedulers
 from .plan import Plan

@@ -5,21 +5,20 @@ for a failed item, an interrupt or a finished run.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import manifest, outputs, records
-from .errors import OutdirBusy, SdcliError, UsageError, first_line
+from .errors import SdcliError, UsageError, first_line
+from .guards import Stop, resume_lock
 from .pipeline import StopRequested
 from .plan import Plan
 from .progress import Reporter
 from .prompts import Job
 
 GRID_MAX_IMAGES = 256  # a grid holds every image of the run in memory
-LOCK_NAME = ".sdcli-resume.lock"
 
 
 @dataclass
@@ -53,63 +52,6 @@ class Summary:
                 f"{self.timings.get('total_s', 0):.1f}s; outputs in {self.outdir}" + (f", grid {self.grid}" if self.grid else ""))
 
 
-class Stop:
-    """SIGINT/SIGTERM set a flag; the loop stops at the next step or between images, never mid-write.
-    A second signal interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
-@contextlib.contextmanager
-def resume_lock(p: Plan):
-    """--resume runs hold OUTDIR/.sdcli-resume.lock: two of them would generate the same missing jobs.
-    (Plain runs need no lock: they never skip, and numbering and manifest lines are safe to share.)"""
-    if not p.cfg.resume:
-        yield
-        return
-    import fcntl
-    import os
-
-    from .files import open_own_file
-
-    fd = open_own_file(p.outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, outputs.FILE_MODE, f"--outdir {p.outdir}: {LOCK_NAME}")
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutdirBusy(f"--outdir {p.outdir}: another sdcli --resume run (pid {holder}) is working in it; "
-                             "wait for it to finish, or use another --outdir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def load_pipeline(p: Plan, reporter: Reporter):
     """The default loader: the real pipeline (tests pass a fake one with the same ``generate``)."""
     from .pipeline import LoadedPipeline
@@ -119,7 +61,7 @@ def load_pipeline(p: Plan, reporter: Reporter):
 
 def run(p: Plan, reporter: Reporter, load: Callable = load_pipeline) -> Summary:
     """Load the model, generate every batch not already done, write samples + manifest lines and the grid."""
-    with Stop() as stop, resume_lock(p):
+    with Stop() as stop, resume_lock(p.outdir, p.cfg.resume):
         return Run(p, reporter, stop, load).execute()
 
 

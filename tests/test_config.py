@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdcli import config
+from sdcli import config, configfiles
 from sdcli.config import RunConfig
 from sdcli.limits import MAX_BATCH
 from sdcli.errors import UsageError
@@ -25,7 +25,7 @@ def _isolated(tmp_path, monkeypatch):
     presets = tmp_path / "presets"
     presets.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(config, "presets_dir", lambda: presets)
+    monkeypatch.setattr(configfiles, "presets_dir", lambda: presets)
     return presets
 
 
@@ -204,7 +204,7 @@ def test_yaml_that_is_not_a_mapping_is_an_error(tmp_path):
 
 def test_preset_name_resolves_to_presets_folder(presets):
     write(presets / "mypreset.yaml", "steps: 17\nmodel: some/model\n")
-    assert config.find_config("mypreset") == str(presets / "mypreset.yaml")
+    assert configfiles.find_config("mypreset") == str(presets / "mypreset.yaml")
     cfg = load(config_files=["mypreset"])
     assert (cfg.steps, cfg.model) == (17, "some/model")
 
@@ -212,7 +212,7 @@ def test_preset_name_resolves_to_presets_folder(presets):
 def test_explicit_path_is_used_as_is(tmp_path, presets):
     write(presets / "p.yaml", "steps: 1\n")
     own = write(tmp_path / "p.yaml", "steps: 2\n")
-    assert config.find_config(own) == own
+    assert configfiles.find_config(own) == own
     assert load(config_files=[own]).steps == 2
 
 
@@ -350,11 +350,11 @@ def test_load_validates(tmp_path):
               seed=2**63 - 1, eta=0.25, scheduler="dpm++2m-karras", fixed_code=True, outdir="out dir/x"),
 ], ids=["defaults", "yaml-lookalike-strings", "tricky"])
 def test_to_yaml_round_trips(cfg):
-    text = config.to_yaml(cfg)
+    text = configfiles.to_yaml(cfg)
     assert yaml.safe_load(text) == dataclasses.asdict(cfg)
 
 
 def test_to_yaml_output_loads_back_as_a_config(tmp_path):
     cfg = load(flags={"prompt": "a cat: b, c", "steps": 7, "H": 256, "scheduler": "plms", "seed": 3})
-    f = write(tmp_path / "dump.yaml", config.to_yaml(cfg))
+    f = write(tmp_path / "dump.yaml", configfiles.to_yaml(cfg))
     assert load(config_files=[f]) == cfg

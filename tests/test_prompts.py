@@ -15,7 +15,7 @@ from sdcli import config, prompts
 from sdcli.config import RunConfig
 from sdcli.errors import UsageError
 from sdcli.prompts import Row, batches, make_jobs, read_prompt_file
-from sdcli.tasks import InputFile, StrengthInputs
+from sdcli.inputs import InputFile, StrengthInputs
 
 ID = ("model", "txt2img")  # what make_jobs hashes into job ids besides the settings
 
@@ -343,7 +343,7 @@ def test_job_ids_are_those_of_sdcli_0_1():
     """--resume finds the work of an outdir written by sdcli 0.1: the same settings give the same ids
     (the expected values were computed by 0.1's Job.job_id, where task inputs were a flat dict)."""
     from sdcli.prompts import Job
-    from sdcli.tasks import MaskInputs
+    from sdcli.inputs import MaskInputs
 
     kw = dict(index=3, prompt="a cat", negative_prompt="ugly", seed=45, steps=50, scale=7.5, W=64, H=None,
               scheduler="ddim", eta=0.0, iteration=1)

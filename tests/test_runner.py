@@ -12,6 +12,7 @@ from helpers import manifest, pixels
 from PIL import Image
 
 from sdcli import config
+from sdcli.guards import Stop
 from sdcli.pipeline import BatchResult
 from sdcli.plan import plan
 from sdcli.progress import Reporter
@@ -52,7 +53,7 @@ def run(outdir, fake_args=None, **flags):
         made.append(fake)
         return fake
 
-    with runner.Stop() as stop:
+    with Stop() as stop:
         if fake_args and "stop_after" in fake_args:
             fake_args["stop"] = lambda: setattr(stop, "requested", True)
         summary = runner.Run(p, Reporter(quiet=True), stop, load).execute()

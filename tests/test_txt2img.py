@@ -225,7 +225,7 @@ def test_config_precedence_through_the_cli(sdcli, tiny, tmp_path):
 
 
 def test_presets_load(sdcli):
-    from sdcli.config import presets_dir
+    from sdcli.configfiles import presets_dir
 
     import yaml
 
