@@ -23,7 +23,7 @@ except ImportError:
 
 from . import __version__, compat, config, options
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_STDOUT_CLOSED, EXIT_USAGE, SdcliError, StdoutClosed,
-                     one_line)
+                     one_line, textsafe)
 
 app = typer.Typer(
     name="sdcli",
@@ -78,7 +78,7 @@ def generate(task: str, values: dict[str, Any]) -> int:
         reporter.info(line)
     if values.get("dry_run"):
         for line in p.dry_run():
-            print(json.dumps(line))
+            print(json.dumps(line))  # ASCII: safe for any prompt
         reporter.info(f"dry run: {len(p.jobs)} image(s) in {len(p.batches)} batch(es) into {p.outdir}, "
                       f"model {p.source.name} ({p.source.kind})")
         return EXIT_OK
@@ -88,7 +88,7 @@ def generate(task: str, values: dict[str, Any]) -> int:
     if summary.interrupted:
         reporter.warn("rerun the same command with --resume to finish")
     if values.get("json"):
-        print(json.dumps({"status": summary.status, "exit_code": code, **dataclasses.asdict(summary)},
+        print(json.dumps(textsafe({"status": summary.status, "exit_code": code, **dataclasses.asdict(summary)}),
                          ensure_ascii=False))
     return code
 
@@ -188,7 +188,7 @@ def _each(paths: List[str], action) -> None:
         try:
             action(path)
         except SdcliError as e:
-            print(f"sdcli: error: {one_line(str(e))}", file=sys.stderr, flush=True)
+            print(textsafe(f"sdcli: error: {one_line(str(e))}"), file=sys.stderr, flush=True)
             code = code or e.exit_code
     if code:
         raise typer.Exit(code)
@@ -228,7 +228,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return fail(one_line(str(e)), e.exit_code)
+        return fail(one_line(str(e)), e.exit_code, e.summary)
     except (KeyboardInterrupt, typer.Abort):
         return fail("interrupted", EXIT_INTERRUPTED)
     except Exception as e:  # a bug, or an environment problem we did not foresee
@@ -240,13 +240,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _failure_reporter(as_json: bool):
     """fail(message, code) -> code: the error line on stderr, and with --json the one JSON document on stdout."""
 
-    def fail(message: str, code: int) -> int:
+    def fail(message: str, code: int, summary=None) -> int:
         prefix = "sdcli: " if code == EXIT_INTERRUPTED else "sdcli: error: "
-        print(prefix + message, file=sys.stderr)
+        print(textsafe(prefix + message), file=sys.stderr)
         if as_json:
             status = "interrupted" if code == EXIT_INTERRUPTED else "error"
             try:
-                print(json.dumps({"status": status, "exit_code": code, "error": message}, ensure_ascii=False), flush=True)
+                doc = {"status": status, "exit_code": code, "error": message,
+                       **(dataclasses.asdict(summary) if summary is not None else {})}
+                print(json.dumps(textsafe(doc), ensure_ascii=False), flush=True)
             except BrokenPipeError:
                 _silence_stdout()
                 return EXIT_STDOUT_CLOSED

@@ -253,6 +253,16 @@ def _require(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def _utf8(text: Optional[str]) -> bool:
+    """Text from argv that was not UTF-8 reaches Python as lone surrogates: the tokenizer cannot take it."""
+    try:
+        if text is not None:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that can be checked without files or models; normalise aliases. Pure."""
     for name in ("scale", "eta", "strength", "image_guidance_scale"):
@@ -268,6 +278,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         limits.check(key, getattr(cfg, key))
     _require(not (cfg.seed is None and cfg.resume),
              "--resume: this run would pick a random seed; give --seed (the first run's seed is in its manifest)")
+    for key in ("prompt", "negative_prompt", "watermark_text"):
+        _require(_utf8(getattr(cfg, key)), f"--{key.replace('_', '-')}: holds bytes that are not UTF-8 text; "
+                                             "pass the text in UTF-8")
     _require(not (cfg.prompt is not None and cfg.from_file is not None),
              "--prompt and --from-file: give one of them, not both")
     if cfg.watermark:

@@ -15,9 +15,11 @@ EXIT_STDOUT_CLOSED = 141  # the reader of stdout went away (`sdcli ... | head -1
 
 
 class SdcliError(Exception):
-    """An error with a one-line message meant for the user."""
+    """An error with a one-line message meant for the user; ``summary``: what the run had done by then (for
+    --json), if it had started."""
 
     exit_code = EXIT_FAILURE
+    summary = None
 
 
 class UsageError(SdcliError):
@@ -59,3 +61,19 @@ def suggest(key: str, choices) -> str:
 
     close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def textsafe(value):
+    """``value`` with every string encodable as UTF-8: bytes that were not UTF-8 (file names, argv, carried by
+    Python as lone surrogates) are written as ``\\xNN`` instead of failing the write of an image or a line."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {textsafe(k): textsafe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [textsafe(v) for v in value]
+    return value

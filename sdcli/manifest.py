@@ -72,20 +72,14 @@ def record_failures(outdir: Path, records: list[dict[str, Any]]) -> None:
 
 def recover(outdir: Path, stale_after: float = 600.0) -> int:
     """Heal the outdir after a killed run: record samples that have no manifest line (their embedded
-    sdcli record says what they are), and delete temporary files older than ``stale_after`` seconds.
-    Returns the number of samples recorded."""
-    import time
-
+    sdcli record says what they are), and delete the temporary files of runs that are gone. Returns the
+    number of samples recorded."""
     outdir = Path(outdir)
     folder = outdir / "samples"
+    for where in (outdir, folder):
+        _remove_stale_temporaries(where, stale_after)
     if not folder.is_dir():
         return 0
-    now = time.time()
-    for name in os.listdir(folder):
-        if name.startswith(TMP_PREFIX):
-            with contextlib.suppress(OSError):
-                if now - (folder / name).stat().st_mtime > stale_after:
-                    (folder / name).unlink()
 
     def unrecorded() -> list[Path]:
         known = {r.get("path") for r in read_manifest(outdir) if isinstance(r.get("path"), str)}
@@ -106,6 +100,32 @@ def recover(outdir: Path, stale_after: float = 600.0) -> int:
         if recovered:
             _append(fd, recovered)
     return len(recovered)
+
+
+def _remove_stale_temporaries(folder: Path, stale_after: float) -> None:
+    """Delete ``.tmp-PID-*`` files whose writer is gone (or, for other names, older than ``stale_after`` s)."""
+    import time
+
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TMP_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if (pid.isdigit() and not _alive(int(pid))) or now - os.lstat(folder / name).st_mtime > stale_after:
+                os.unlink(folder / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def completed(outdir: Path, damaged: Optional[list[int]] = None) -> dict[str, dict[str, Any]]:

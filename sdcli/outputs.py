@@ -33,7 +33,7 @@ FILE_MODE = 0o666  # less the umask, as open() does
 def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
     """A new temporary file in ``folder``, open for writing, with the mode ``open()`` would give."""
     while True:
-        name = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}{suffix}")
+        name = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{suffix}")
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), name
         except FileExistsError:
@@ -57,6 +57,7 @@ def folder_lock(folder: Path):
 def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
     """Create OUTDIR (and samples/) and prove it is writable, before any model is loaded."""
     root = Path(outdir).expanduser()
+    _no_linked_samples(root, outdir)
     try:
         if root.exists() and not root.is_dir():
             raise UsageError(f"--outdir {outdir}: exists and is not a folder; choose another path")
@@ -78,9 +79,17 @@ def prepare_outdir(outdir: str, need_samples: bool = True) -> Path:
     return root
 
 
+def _no_linked_samples(root: Path, outdir: str) -> None:
+    """OUTDIR/samples is sdcli's own folder: a symbolic link there would send samples outside the outdir."""
+    if (root / "samples").is_symlink():
+        raise UsageError(f"--outdir {outdir}: samples is a symbolic link; sdcli writes samples only inside the "
+                         "outdir: remove the link")
+
+
 def check_outdir(outdir: str, need_samples: bool = True) -> Path:
     """What ``prepare_outdir`` would refuse, found without creating anything (``--dry-run``)."""
     root = Path(outdir).expanduser()
+    _no_linked_samples(root, outdir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--outdir {outdir}: exists and is not a folder; choose another path")
     if need_samples and (root / "samples").exists() and not (root / "samples").is_dir():

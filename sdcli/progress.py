@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from .errors import textsafe
+
 
 class Reporter:
     """Plain log lines (stderr not a terminal, e.g. cron or CI)."""
@@ -19,7 +21,7 @@ class Reporter:
         self.t0 = time.monotonic()
 
     def _print(self, msg: str) -> None:
-        print(msg, file=self.stream, flush=True)
+        print(textsafe(msg), file=self.stream, flush=True)
 
     def info(self, msg: str) -> None:
         if not self.quiet:
@@ -68,7 +70,7 @@ class LiveReporter(Reporter):
         self.images_task = self.steps_task = None
 
     def _print(self, msg: str) -> None:
-        self.console.print(msg, markup=False, highlight=False)
+        self.console.print(textsafe(msg), markup=False, highlight=False)
 
     def start(self, total_images: int, total_batches: int) -> None:
         self.total = total_images

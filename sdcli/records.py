@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import __version__, schedulers
+from .errors import textsafe
 from .prompts import Job
 
 
@@ -35,7 +36,7 @@ class RunFacts:
 def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Optional[str]) -> dict[str, Any]:
     """The full settings record of one image of ``batch`` (a pipeline.BatchResult): the PNG ``sdcli`` chunk
     and the manifest line."""
-    return {
+    return textsafe({
         **facts.base(),
         "job_id": job.id,
         "index": job.index,
@@ -60,17 +61,17 @@ def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Option
         "watermark": watermark,
         "truncated": job.prompt in batch.truncated or job.negative_prompt in batch.truncated,
         **(job.inputs.record() if job.inputs is not None else {}),
-    }
+    })
 
 
 def failure_record(facts: RunFacts, job: Job, error: str) -> dict[str, Any]:
-    return {**facts.base(), "job_id": job.id, "index": job.index, "prompt": job.prompt, "seed": job.seed,
-            "source": job.source, "error": error}
+    return textsafe({**facts.base(), "job_id": job.id, "index": job.index, "prompt": job.prompt, "seed": job.seed,
+                     "source": job.source, "error": error})
 
 
 def grid_record(facts: RunFacts, images: int, watermark: Optional[str]) -> dict[str, Any]:
-    return {**facts.base(), "model": facts.model, "model_sha256": facts.model_sha256, "images": images,
-            "watermark": watermark}
+    return textsafe({**facts.base(), "model": facts.model, "model_sha256": facts.model_sha256, "images": images,
+                     "watermark": watermark})
 
 
 def manifest_line(record: dict[str, Any], path: str, sha256: str, **extra: Any) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def a1111_for(record: dict[str, Any], job: Job) -> str:
         "Seed": record["seed"], "Size": f"{record['width']}x{record['height']}",
         "Model hash": short_hash(record.get("model_sha256")), "Model": record["model"],
         "Eta DDIM": record["eta"] if job.scheduler == "ddim" and record["eta"] else None,
-        **(job.inputs.a1111() if job.inputs is not None else {}),
+        **textsafe(job.inputs.a1111() if job.inputs is not None else {}),
         "Version": f"sdcli {__version__}",
     }
     return a1111_parameters(record["prompt"], record["negative_prompt"], params)

@@ -5,6 +5,8 @@ for a failed item, an interrupt or a finished run.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +89,12 @@ class Run:
         todo = self.select()
         self.record_bad_rows()
         if not todo:
+            if self.grid_missing():  # a killed or full-disk run recorded every image but not its grid
+                self.reporter.info("every image is done; writing the grid the earlier run did not")
+                s.grid = self.write_grid(records.RunFacts.of(self.p.task.name, self.p.source))
+            else:
+                self.reporter.info("nothing to generate")
             s.timings["total_s"] = round(time.monotonic() - t0, 3)
-            self.reporter.info("nothing to generate")
             return s
         want_grid = self.wants_grid()
         gen = self.load(self.p, self.reporter)
@@ -105,7 +111,9 @@ class Run:
             message = outputs.disk_error(e, self.p.outdir)
             if message is None:
                 raise
-            raise SdcliError(message) from None
+            error = SdcliError(message)
+            error.summary = s  # --json still reports what was written
+            raise error from None
         finally:
             self.reporter.close()
             s.timings["generate_s"] = round(time.monotonic() - t_gen, 3)
@@ -148,10 +156,12 @@ class Run:
             manifest.record_failures(self.p.outdir, self.summary.failures)
         self.summary.failed = len(self.summary.failures)
 
-    def wants_grid(self) -> bool:
+    def wants_grid(self, quiet: bool = False) -> bool:
         if self.cfg.skip_grid or self.cfg.output is not None or self.p.named_after_inputs:
             return False
         if len(self.p.jobs) > GRID_MAX_IMAGES:
+            if quiet:
+                return False
             self.reporter.warn(f"no grid for a run of {len(self.p.jobs)} images (at most {GRID_MAX_IMAGES}); "
                                "the samples are all saved")
             return False
@@ -254,9 +264,30 @@ class Run:
         grid = outputs.make_grid(images, self.cfg.n_rows or self.cfg.n_samples)
         grid, mark = self.watermarked(grid, warn=False)
         suffix = outputs.suffix_of(self.cfg.format)
-        data = outputs.encode_image(grid, suffix, self.grid_parameters(), records.grid_record(facts, len(images), mark),
-                                    self.cfg.quality)
+        record = {**records.grid_record(facts, len(images), mark), "grid_of": self.grid_key()}
+        data = outputs.encode_image(grid, suffix, self.grid_parameters(), record, self.cfg.quality)
         return str(outputs.write_numbered(self.p.outdir, data, outputs.GRID_RE, "grid-{:04d}" + suffix))
+
+    def grid_key(self) -> str:
+        """Which job set a grid shows (recorded in the grid, so --resume knows whether it is written)."""
+        import hashlib
+
+        return hashlib.sha256(" ".join(sorted(j.id for j in self.p.jobs)).encode()).hexdigest()[:16]
+
+    def grid_missing(self) -> bool:
+        """--resume with every job done: is the grid the run promised missing from the outdir?"""
+        if not self.cfg.resume or not self.done or not self.wants_grid(quiet=True):
+            return False
+        key = self.grid_key()
+        for name in os.listdir(self.p.outdir):
+            if outputs.GRID_RE.match(name):
+                try:
+                    record = json.loads(outputs.read_metadata(str(self.p.outdir / name)).get("sdcli", "{}"))
+                except (SdcliError, ValueError):
+                    continue
+                if isinstance(record, dict) and record.get("grid_of") == key:
+                    return False
+        return True
 
     def grid_parameters(self) -> str:
         """The A1111 ``parameters`` of the grid: its first image's (as A1111's grids)."""

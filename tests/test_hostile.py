@@ -273,3 +273,95 @@ def test_a_recorded_sample_replaced_by_a_fifo_does_not_hang_resume(sdcli, tiny, 
     with deadline(60):
         r = sdcli(*RUN, "--model", tiny(), "--outdir", out, "--resume")
     assert r.code == 0 and "1 of 2 image(s) already complete" in r.err, r.err
+
+
+# --- nothing the run promised is lost at its end -----------------------------------------------------------
+
+def test_resume_writes_the_grid_a_killed_run_did_not(sdcli, tiny, tmp_path, finished_outdir):
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(finished_outdir, out)
+    for grid in out.glob("grid-*.png"):
+        grid.unlink()  # as if killed after the last sample was recorded
+    r = sdcli(*RUN, "--model", tiny(), "--outdir", out, "--resume", "--json")
+    assert r.code == 0 and r.loads == 0, r.err
+    assert json.loads(r.out)["grid"] == str(out / "grid-0000.png") and "writing the grid" in r.err
+    r = sdcli(*RUN, "--model", tiny(), "--outdir", out, "--resume", "--json")
+    assert r.code == 0 and json.loads(r.out)["grid"] is None and "nothing to generate" in r.err
+    assert sorted(p.name for p in out.glob("grid-*")) == ["grid-0000.png"]
+
+
+def test_disk_full_at_the_grid_reports_counts_and_resume_finishes(sdcli, tiny, tmp_path, monkeypatch):
+    import errno
+
+    from sdcli import outputs
+
+    real = outputs.write_numbered
+
+    def full(folder, data, pattern, fmt):
+        if "grid" in fmt:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder, data, pattern, fmt)
+
+    monkeypatch.setattr(outputs, "write_numbered", full)
+    out = tmp_path / "o"
+    r = sdcli(*RUN, "--model", tiny(), "--outdir", out, "--json")
+    assert r.code == 1 and "disk full" in r.err
+    doc = json.loads(r.out)
+    assert doc["status"] == "error" and doc["generated"] == 2 and len(doc["images"]) == 2
+    monkeypatch.setattr(outputs, "write_numbered", real)
+    r = sdcli(*RUN, "--model", tiny(), "--outdir", out, "--resume")
+    assert r.code == 0 and (out / "grid-0000.png").is_file(), r.err
+
+
+def test_resume_removes_the_temporaries_of_runs_that_are_gone(sdcli, tiny, tmp_path, finished_outdir):
+    import os
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(finished_outdir, out)
+    dead = [out / ".tmp-999999999-ab.png", out / "samples" / ".tmp-999999999-cd.png"]
+    alive = out / f".tmp-{os.getpid()}-ef.png"  # a live writer's file is kept
+    for path in [*dead, alive]:
+        path.write_bytes(b"half an image")
+    assert sdcli(*RUN, "--model", tiny(), "--outdir", out, "--resume").code == 0
+    assert not any(p.exists() for p in dead) and alive.exists()
+
+
+# --- names and text that are not UTF-8 ----------------------------------------------------------------------
+
+def test_an_input_file_name_that_is_not_utf8_is_recorded_escaped(sdcli, tiny, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from helpers import manifest
+
+    name = os.fsdecode(b"caf\xe9.png")
+    Image.new("RGB", (64, 64), (90, 20, 20)).save(tmp_path / name)
+    out = tmp_path / "o"
+    r = sdcli("img2img", "--model", tiny("img2img"), "--image", tmp_path / name, "--steps", 2, "--n_samples", 1,
+              "--n_iter", 1, "--outdir", out, "--json")
+    assert r.code == 0, r.err
+    assert manifest(out)[0]["input_image"] == "caf\\xe9.png"
+    assert "Init image: caf\\xe9.png" in sdcli("info", out / "samples" / "00000.png").out
+
+
+def test_a_prompt_that_is_not_utf8_is_a_usage_error(sdcli, tmp_path):
+    import os
+
+    r = sdcli("txt2img", *DRY, "--prompt", os.fsdecode(b"a \xff cat"), "--outdir", tmp_path / "o")
+    assert r.one_error(2, "--prompt", "UTF-8")
+
+
+def test_a_samples_folder_that_is_a_symlink_is_refused(sdcli, tiny, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "samples").symlink_to(elsewhere)
+    for extra in ([], ["--dry-run"]):
+        r = sdcli(*RUN, "--model", tiny(), "--outdir", out, *extra)
+        assert r.one_error(2, "samples", "symbolic link") and r.loads == 0
+    assert list(elsewhere.iterdir()) == []
