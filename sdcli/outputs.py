@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UsageError
-from .files import folder_problem
+from .files import folder_problem, read_regular
 
 SAMPLE_RE = re.compile(r"^(\d{5,})\.(?:png|jpg|webp)$")  # one numbering for every --format
 GRID_RE = re.compile(r"^grid-(\d{4,})\.(?:png|jpg|webp)$")
@@ -226,11 +226,14 @@ def read_metadata(path: str) -> dict[str, str]:
 
     from . import exif
 
+    data = read_regular(Path(path), 1 << 30)
+    if data is None:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: not a regular file (or over 1 GiB); give an image file")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             return {**exif.texts(im.getexif()), **dict(getattr(im, "text", {}) or {})}
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise UsageError(f"{path}: not a readable image ({e.__class__.__name__})") from None
 

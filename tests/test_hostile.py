@@ -365,3 +365,51 @@ def test_a_samples_folder_that_is_a_symlink_is_refused(sdcli, tiny, tmp_path):
         r = sdcli(*RUN, "--model", tiny(), "--outdir", out, *extra)
         assert r.one_error(2, "samples", "symbolic link") and r.loads == 0
     assert list(elsewhere.iterdir()) == []
+
+
+# --- paths a user names that are not regular files -----------------------------------------------------------
+
+def _special(tmp_path, kind: str) -> str:
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "special")
+        return str(tmp_path / "special")
+    if kind == "folder":
+        (tmp_path / "special").mkdir()
+        return str(tmp_path / "special")
+    return "/dev/zero"
+
+
+SPECIAL_INPUTS = [
+    ("txt2img", ["--from-file", "{x}"], ["--from-file"]),
+    ("txt2img", ["--config", "{x}"], ["--config"]),
+    ("img2img", ["--image", "{x}"], ["--image"]),
+    ("inpaint", ["--image", "{ok}", "--mask", "{x}"], ["--mask"]),
+    ("depth2img", ["--image", "{ok}", "--depth-map", "{x}"], ["--depth-map"]),
+    ("info", ["{x}"], []),
+    ("watermark decode", ["{x}"], []),
+]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "folder"])
+@pytest.mark.parametrize("command,args,words", SPECIAL_INPUTS, ids=[f"{c[0]} {c[1][-2] if len(c[1]) > 1 else ''}"
+                                                                   for c in SPECIAL_INPUTS])
+def test_inputs_that_are_not_regular_files_never_hang_or_read_without_end(sdcli, tmp_path, kind, command, args,
+                                                                           words):
+    from PIL import Image
+
+    from helpers import deadline
+
+    if kind == "folder" and command in ("img2img",):
+        pytest.skip("a folder is a valid --image (its images); covered by the bad-image table")
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
+    special = _special(tmp_path, kind)
+    args = [a.replace("{x}", special).replace("{ok}", str(tmp_path / "ok.png")) for a in args]
+    extra = [] if command in ("info", "watermark decode") else [*DRY, "--outdir", tmp_path / "o"]
+    with deadline(30):
+        r = sdcli(*command.split(), *args, *extra)
+    assert r.code == 2, r.err
+    assert len(r.error_lines) == 1 and special in r.error_lines[0] and "Traceback" not in r.err
+    for word in words:
+        assert word in r.error_lines[0]
