@@ -413,3 +413,25 @@ def test_inputs_that_are_not_regular_files_never_hang_or_read_without_end(sdcli,
     assert len(r.error_lines) == 1 and special in r.error_lines[0] and "Traceback" not in r.err
     for word in words:
         assert word in r.error_lines[0]
+
+
+# --- configuration that would read the environment -----------------------------------------------------------
+
+@pytest.mark.parametrize("flag,value", [("--prompt", "sign ${oc.env:HOME}"), ("--prompt", "price ${price}"),
+                                        ("--prompt", "${5}"), ("--negative-prompt", "${oc.env:HOME}")])
+def test_interpolation_syntax_in_text_stays_text_with_a_config(sdcli, tmp_path, monkeypatch, flag, value):
+    monkeypatch.setenv("HOME", "/secret-home")
+    config = _write(tmp_path, "c.yaml", "steps: 3\n")
+    r = sdcli("txt2img", *DRY, "--config", config, flag, value, "--n_samples", 1, "--n_iter", 1,
+              "--outdir", tmp_path / "o", "--set", "watermark_text=${oc.env:HOME}")
+    assert r.code == 0, r.err
+    assert "secret-home" not in r.out + r.err
+    if flag == "--prompt":
+        assert json.loads(r.out)["prompt"] == value
+
+
+def test_an_outdir_with_interpolation_syntax_is_a_folder_of_that_name(sdcli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, "c.yaml", "outdir: out-${oc.env:USER}\n")
+    r = sdcli("txt2img", "--model", "tiny", "--device", "cpu", "--config", config, "--dry-run")
+    assert r.code == 0 and "out-${oc.env:USER}" in r.err, r.err
