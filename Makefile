@@ -21,8 +21,10 @@ $(BIN)/sdcli: pyproject.toml
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
+# The everyday loop: without the tests marked slow, on both cores (pytest-xdist; each worker builds its own
+# tiny models). `make test` (CI) runs everything in one process: its kill/resume tests time real processes.
 test-fast: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n 2
 
 smoke: install
 	$(BIN)/sdcli txt2img --model tiny --steps 2 --n_samples 1 --n_iter 1 --outdir outputs/smoke
