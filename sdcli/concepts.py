@@ -12,8 +12,6 @@ from typing import Any
 from .config import RunConfig
 from .errors import ModelUnavailable, UsageError, first_line
 
-VAE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def vae_folder(path: Path) -> tuple[Path, str | None]:
@@ -26,7 +24,7 @@ def check_vae(cfg: RunConfig) -> None:
     loading it."""
     if cfg.vae is None:
         return
-    from .models import REPO_ID_RE
+    from .models import PICKLE_SUFFIXES, REPO_ID_RE, SINGLE_FILE_SUFFIXES
 
     path = Path(cfg.vae).expanduser()
     where = f"--vae/--vae-ckpt {cfg.vae}"
@@ -36,7 +34,7 @@ def check_vae(cfg: RunConfig) -> None:
                                    "AutoencoderKL folder, a model folder, or a .safetensors VAE file")
         return
     if path.is_file():
-        if not cfg.vae.lower().endswith(VAE_FILE_SUFFIXES):
+        if not cfg.vae.lower().endswith(SINGLE_FILE_SUFFIXES):
             raise UsageError(f"{where}: not a weights file; give a .safetensors VAE file or a VAE folder")
         if cfg.vae.lower().endswith(PICKLE_SUFFIXES) and not cfg.allow_unsafe_pickle:
             raise UsageError(f"{where}: a pickle checkpoint can run arbitrary code when loaded; convert it to "
