@@ -73,13 +73,16 @@ def build_text_encoder(vocab_size: int, tok):
     return CLIPTextModel(cfg)
 
 
-def build_unet(in_channels: int = 4):
+def build_unet(in_channels: int = 4, deep: bool = False):
+    """(32,64,64), cross-attention at 8x8 and 4x4; ``deep`` adds a 4th level (64 ch, 2x2) with cross-attention."""
     from diffusers import UNet2DConditionModel
 
+    n = 4 if deep else 3
     return UNet2DConditionModel(
-        sample_size=world.SIZE // 4, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64, 64),
-        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        sample_size=world.SIZE // 4, in_channels=in_channels, out_channels=4,
+        block_out_channels=(32, 64, 64, 64)[:n], layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",), cross_attention_dim=64,
         attention_head_dim=8, norm_num_groups=4)
 
 
@@ -150,28 +153,35 @@ def token_ids(tok, prompts: list[str]) -> torch.Tensor:
                return_tensors="pt").input_ids
 
 
-def make_scheduler(kind: str = "pndm"):
+def make_scheduler(kind: str = "pndm", zero_snr: bool = False):
+    """``zero_snr``: betas rescaled to zero terminal SNR, v-prediction, trailing timesteps (Lin et al. 2023)."""
     from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
+    zs = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing") if zero_snr else {}
     if kind == "ddpm":
-        return DDPMScheduler(**SCHED)
+        return DDPMScheduler(**SCHED, **zs)
     if kind == "ddim":
-        return DDIMScheduler(**SCHED, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        # steps_offset is ignored by "trailing" but kept at 1 (the pipeline warns otherwise)
+        return DDIMScheduler(**SCHED, **zs, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return PNDMScheduler(**SCHED, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
 
 
 def snr_weights(noise_sched, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction (as in train_text_to_image.py --snr_gamma)."""
+    """Min-SNR-gamma loss weights for epsilon prediction (as in train_text_to_image.py --snr_gamma).
+    For v-prediction: x0-weight min(snr + 1, gamma), i.e. plain v-MSE clamped at low noise (the script's
+    min(snr, gamma) / (snr + 1) would give the zero-SNR step, the one that must read the layout from the text, weight 0)."""
     ac = noise_sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
+    if noise_sched.config.prediction_type == "v_prediction":
+        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 
-def txt2img_pipeline(vae, text_encoder, tok, unet, scheduler: str = "pndm"):
+def txt2img_pipeline(vae, text_encoder, tok, unet, scheduler: str = "pndm", zero_snr: bool = False):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                   scheduler=make_scheduler(scheduler), safety_checker=None,
+                                   scheduler=make_scheduler(scheduler, zero_snr), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 
 
@@ -184,8 +194,11 @@ def tokenizer_folder():
 # --------------------------------------------------------------------------------------------- txt2img
 def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int = 0, pool: int = 20000,
                   eval_every: int = 500, eval_n: int = 60, out: Path = MODELS / "txt2img", ema: float = 0.0,
-                  init: Path | None = None, tag: str = "txt2img"):
-    """Train (or, with ``init`` = a saved txt2img folder, continue training) the UNet and the text encoder."""
+                  init: Path | None = None, tag: str = "txt2img", horizon: int | None = None,
+                  deep: bool = False, zero_snr: bool = False):
+    """Train (or, with ``init`` = a saved txt2img folder, continue training) the UNet and the text encoder.
+    ``horizon``: length of the warmup+cosine LR schedule (default ``steps``; a larger one = stop early on the
+    schedule of a longer run). ``deep``/``zero_snr``: see build_unet / make_scheduler."""
     import evaluate
     from diffusers.training_utils import EMAModel
 
@@ -195,7 +208,12 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
     rng = random.Random(seed)
     pool_scenes = world.scenes(seed + 100, pool, "train")
     t0 = time.time()
-    latents = encode(vae, [world.render(s)[0] for s in pool_scenes])
+    cache = WORK / f"latents_seed{seed + 100}_{pool}.pt"  # same VAE + same pool -> same latents
+    if cache.exists() and cache.stat().st_mtime > (WORK / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime:
+        latents = torch.load(cache)
+    else:
+        latents = encode(vae, [world.render(s)[0] for s in pool_scenes])
+        torch.save(latents, cache)
     logf = WORK / f"{tag}_log.jsonl"
     log(logf, stage="txt2img", pool=pool, encode_seconds=round(time.time() - t0, 1), steps=steps, bs=bs, lr=lr, ema=ema)
     if init:
@@ -205,13 +223,14 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
         text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder")
         unet = UNet2DConditionModel.from_pretrained(init / "unet")
     else:
-        text_encoder, unet = build_text_encoder(len(tok), tok), build_unet(4)
-    noise_sched = make_scheduler("ddpm")
+        text_encoder, unet = build_text_encoder(len(tok), tok), build_unet(4, deep)
+    noise_sched = make_scheduler("ddpm", zero_snr)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    warm = max(1, min(200, steps // 10))
+    horizon = horizon or steps
+    warm = max(1, min(200, horizon // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon)))
     acc = Accelerator(cpu=True)
     unet, text_encoder, opt = acc.prepare(unet, text_encoder, opt)
     ema_model = EMAModel(unet.parameters(), decay=ema) if ema else None
@@ -221,7 +240,7 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
             if ema_model:
                 ema_model.store(unet.parameters())
                 ema_model.copy_to(unet.parameters())
-            pipe = txt2img_pipeline(vae, acc.unwrap_model(text_encoder), tok, acc.unwrap_model(unet), "ddim")
+            pipe = txt2img_pipeline(vae, acc.unwrap_model(text_encoder), tok, acc.unwrap_model(unet), "ddim", zero_snr)
             te = time.time()
             score = evaluate.adherence(pipe, evaluate.eval_prompts()[:eval_n], steps=20)
             log(logf, stage="txt2img", step=step, eval_steps=20, n=eval_n, **score,
@@ -238,8 +257,9 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
         xt = noise_sched.add_noise(x0, noise, t)
         cond = text_encoder(token_ids(tok, prompts))[0]
         pred = unet(xt, t, cond).sample
+        target = noise_sched.get_velocity(x0, noise, t) if zero_snr else noise
         w = snr_weights(noise_sched, t)
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
@@ -249,7 +269,7 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
             log(logf, stage="txt2img", step=step, loss=round(loss.item(), 5), lr=sched.get_last_lr()[0],
                 elapsed=round(time.time() - t0, 1))
     unet, text_encoder = acc.unwrap_model(unet), acc.unwrap_model(text_encoder)
-    pipe = txt2img_pipeline(vae, text_encoder, tok, unet, "ddim")  # PNDM+CFG 7.5 gave artefacts
+    pipe = txt2img_pipeline(vae, text_encoder, tok, unet, "ddim", zero_snr)  # PNDM+CFG 7.5 gave artefacts
     pipe.save_pretrained(out, safe_serialization=True)
     log(logf, stage="txt2img", done=True, seconds=round(time.time() - t0, 1))
     return pipe
