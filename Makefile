@@ -32,10 +32,20 @@ smoke: install
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build *.egg-info
 
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bench-demo demo-model
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/demo_quality.py
+
+# Prompt adherence of the shipped demo models (the checker's tables in BENCHMARKS.md), ~5 min.
+bench-demo: install
+	$(BIN)/python benchmarks/demo_quality.py
+
+# Retrain the demo family from scratch on the CPU (deterministic, one thread; ~1 h here) and replace the
+# shipped weights in sdcli/demo/weights. Checkpoints and logs go to demo-build/.
+demo-model: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m sdcli.demo.family --work demo-build --export sdcli/demo/weights
 
 bench-smoke: install
 	$(BIN)/python benchmarks/bench.py --smoke --output /tmp/sdcli-bench-smoke.md

@@ -134,6 +134,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 SIZE_FROM_INPUT = ("img2img", "inpaint", "depth2img", "instruct-edit")
 # A command-line flag that changes other defaults: instruct-edit's --output (edit_cli.py) makes one image;
 # inpaint's --indir (CompVis inpaint.py) one image per image/mask pair, written as OUTDIR/x.png, no grid.
+# --model demo (from a flag or a config file) brings the preset configs/demo.yaml (64 px, no safety checker)
+# under everything the user set.
+DEMO_PRESET = "demo"
 IMPLIED = {"output": {"n_samples": 1, "n_iter": 1}, "indir": {"n_samples": 1, "n_iter": 1, "skip_grid": True}}
 
 
@@ -179,6 +182,8 @@ def load(
     for flag, implied in IMPLIED.items():
         if flag in explicit:
             explicit = {**implied, **explicit}
+    if explicit.get("model") == "demo" and DEMO_PRESET not in (config_files or []):
+        config_files = [DEMO_PRESET, *(config_files or [])]  # the demo's own settings, under the user's
     if not config_files and not sets and all(_typed(k, v) for k, v in explicit.items()):
         # Flags alone, already typed by the CLI: no YAML to merge, so skip OmegaConf (start-up time).
         check_keys(explicit, "command line")
@@ -231,6 +236,8 @@ def load(
     cfg = RunConfig(**values)
     if cfg.task != task:
         raise UsageError(f"config: task '{cfg.task}' does not match the subcommand '{task}'; remove the task key")
+    if cfg.model == "demo" and DEMO_PRESET not in (config_files or []):
+        return load(task, [DEMO_PRESET, *(config_files or [])], sets, flags)
     return validate(cfg)
 
 

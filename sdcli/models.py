@@ -54,6 +54,14 @@ def resolve_source(model: str, cfg: RunConfig, task: str) -> Source:
             raise UsageError(f"--model tiny: cannot build it in the cache {where.parent} ({problem}); set "
                              "SDCLI_CACHE to a folder you can write to")
         return Source("folder", str(where), "tiny", builtin=task)
+    if model == "demo":
+        from . import demo
+
+        where = demo.folder(task)
+        if not (where / "model_index.json").is_file():
+            raise ModelUnavailable(f"--model demo: the demo weights are missing from {where.parent}; reinstall "
+                                   "sdcli, or rebuild them with `make demo-model`")
+        return Source("folder", str(where), "demo")
     path = Path(model).expanduser()
     looks_like_path = path.is_absolute() or model.startswith((".", "~"))
     if path.is_dir():

@@ -65,6 +65,9 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
     source = resolve_source(cfg.model or task.default_model, cfg, cfg.task)
     check_vae(cfg)
     jobs = prompts.make_jobs(cfg, rows, source.name, task.name)
+    if cfg.model == "demo" and task.name == "depth2img" and any(job.inputs.depth_map is None for job in jobs):
+        raise UsageError("--model demo: the demo depth model has no trained depth estimator; give the depth with "
+                         "--depth-map FILE (white = near)")
     warnings = [w for w in (prompts.ignored_eta(cfg, rows),) if w]
     batches = prompts.batches(jobs, cfg.n_samples)
     if cfg.output is not None:

@@ -19,23 +19,24 @@ class Scheduler:
     a1111: str  # AUTOMATIC1111's sampler name (the `Sampler:` field)
     extra: dict = field(default_factory=dict)  # from_config keyword arguments
     eta: bool = False  # its step() takes eta (diffusers passes --eta only then; all others ignore it)
+    steps: int = 50  # the step count it is recommended at (the demo benchmark and tests check it there)
 
 
 TABLE: dict[str, Scheduler] = {
-    "ddim": Scheduler("DDIMScheduler", "DDIM", eta=True),
-    "pndm": Scheduler("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
-    "lms": Scheduler("LMSDiscreteScheduler", "LMS"),
-    "euler": Scheduler("EulerDiscreteScheduler", "Euler"),
-    "euler-a": Scheduler("EulerAncestralDiscreteScheduler", "Euler a"),
-    "heun": Scheduler("HeunDiscreteScheduler", "Heun"),
-    "dpm2": Scheduler("KDPM2DiscreteScheduler", "DPM2"),
-    "dpm2-a": Scheduler("KDPM2AncestralDiscreteScheduler", "DPM2 a"),
-    "dpm++2m": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M"),
-    "dpm++2m-karras": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}),
-    "dpm++sde": Scheduler("DPMSolverSinglestepScheduler", "DPM++ SDE"),
-    "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),
-    "ddpm": Scheduler("DDPMScheduler", "DDPM"),
-    "deis": Scheduler("DEISMultistepScheduler", "DEIS"),
+    "ddim": Scheduler("DDIMScheduler", "DDIM", eta=True, steps=50),
+    "pndm": Scheduler("PNDMScheduler", "PLMS", {"skip_prk_steps": True}, steps=50),
+    "lms": Scheduler("LMSDiscreteScheduler", "LMS", steps=50),
+    "euler": Scheduler("EulerDiscreteScheduler", "Euler", steps=30),
+    "euler-a": Scheduler("EulerAncestralDiscreteScheduler", "Euler a", steps=30),
+    "heun": Scheduler("HeunDiscreteScheduler", "Heun", steps=25),
+    "dpm2": Scheduler("KDPM2DiscreteScheduler", "DPM2", steps=25),
+    "dpm2-a": Scheduler("KDPM2AncestralDiscreteScheduler", "DPM2 a", steps=30),
+    "dpm++2m": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M", steps=20),
+    "dpm++2m-karras": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}, steps=20),
+    "dpm++sde": Scheduler("DPMSolverSinglestepScheduler", "DPM++ SDE", steps=20),
+    "unipc": Scheduler("UniPCMultistepScheduler", "UniPC", steps=20),
+    "ddpm": Scheduler("DDPMScheduler", "DDPM", steps=100),
+    "deis": Scheduler("DEISMultistepScheduler", "DEIS", steps=20),
 }
 ALIASES = {"plms": "pndm", "euler_a": "euler-a", "euler-ancestral": "euler-a", "dpmpp2m": "dpm++2m",
            "dpm++2m_karras": "dpm++2m-karras", "dpm": "dpm++2m"}

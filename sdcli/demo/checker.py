@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-import world
+from . import world
 
 _NAMES = list(world.COLORS)
 _LAB = cv2.cvtColor(np.array([list(world.COLORS.values())], np.uint8), cv2.COLOR_RGB2LAB)[0].astype(np.float32)

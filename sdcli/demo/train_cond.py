@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-import train
-import world
-from train import MODELS, WORK, log
+from . import train, world
+from .train import log
 
 torch.set_num_threads(1)
 
@@ -67,7 +66,7 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
         cond_img = depth_input([r[1] for r in renders])
         latents = train.encode(vae, [r[0] for r in renders])
         texts = scenes
-    logf = WORK / f"{kind}_log.jsonl"
+    logf = train.WORK / f"{kind}_log.jsonl"
     log(logf, stage=kind, pool=pool, encode_seconds=round(time.time() - t0, 1), steps=steps, bs=bs, lr=lr)
     unet = widened_unet(8 if kind == "pix2pix" else 5, base)
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
@@ -133,7 +132,7 @@ def build_pipeline(kind: str, vae, text_encoder, tok, unet):
 @torch.no_grad()
 def eval_pix2pix(pipe, n: int = 60, steps: int = 20) -> dict:
     """Held-out edits (target triple held out): checker score of the edited image against the target prompt."""
-    import checker
+    from . import checker
 
     pipe.set_progress_bar_config(disable=True)
     rng = random.Random(999)
@@ -149,7 +148,7 @@ def eval_pix2pix(pipe, n: int = 60, steps: int = 20) -> dict:
 @torch.no_grad()
 def eval_depth(pipe, n: int = 60, steps: int = 50) -> dict:
     """Held-out scenes: prompt without size/position, depth map of the scene; shape/size/pos must follow the depth."""
-    import checker
+    from . import checker
 
     pipe.set_progress_bar_config(disable=True)
     scores = []
@@ -162,9 +161,10 @@ def eval_depth(pipe, n: int = 60, steps: int = 50) -> dict:
     return {k: round(v, 3) for k, v in checker.summarize(scores).items()}
 
 
-def train_pix2pix(steps: int = 800, bs: int = 64, lr: float = 5e-4, seed: int = 1, pool: int = 8000):
-    return _fit("pix2pix", steps, bs, lr, seed, pool, MODELS / "txt2img", MODELS / "instruct-pix2pix", eval_pix2pix)
+def train_pix2pix(steps: int = 800, bs: int = 64, lr: float = 5e-4, seed: int = 1, pool: int = 8000, base: Path | None = None):
+    return _fit("pix2pix", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", train.MODELS / "instruct-pix2pix",
+                eval_pix2pix)
 
 
-def train_depth(steps: int = 600, bs: int = 64, lr: float = 5e-4, seed: int = 2, pool: int = 8000):
-    return _fit("depth", steps, bs, lr, seed, pool, MODELS / "txt2img", MODELS / "depth2img", eval_depth)
+def train_depth(steps: int = 600, bs: int = 64, lr: float = 5e-4, seed: int = 2, pool: int = 8000, base: Path | None = None):
+    return _fit("depth", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", train.MODELS / "depth2img", eval_depth)

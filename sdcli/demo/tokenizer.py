@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import world
+from . import world
 
 
 def bytes_to_unicode() -> list[str]:

@@ -20,8 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-import checker
-import world
+from . import checker, world
 
 torch.set_num_threads(1)
 

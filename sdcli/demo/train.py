@@ -24,13 +24,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-import tokenizer as tok_mod
-import world
+from . import tokenizer as tok_mod
+from . import world
 
 torch.set_num_threads(1)
-HERE = Path(__file__).resolve().parent
-MODELS = HERE / "models"
-WORK = HERE / "work"  # intermediate checkpoints (VAE, text encoder, UNets)
+MODELS = Path("demo-build/models")  # the finished family (set_paths)
+WORK = Path("demo-build/work")  # intermediate checkpoints, latent caches, logs
+
+
+def set_paths(work: Path, models: Path) -> None:
+    global WORK, MODELS
+    WORK, MODELS = Path(work), Path(models)
 SCHED = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -63,14 +67,18 @@ def build_vae():
                          mid_block_add_attention=False)
 
 
-def build_text_encoder(vocab_size: int, tok):
+def build_text_encoder(vocab_size: int, tok, tok_std: float = 0.0):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
-    return CLIPTextModel(cfg)
+    model = CLIPTextModel(cfg)
+    if tok_std:  # distinct token embeddings from the start (default init std 0.02 leaves them nearly equal)
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=tok_std,
+                              generator=torch.Generator().manual_seed(7))
+    return model
 
 
 def build_unet(in_channels: int = 4, deep: bool = False):
@@ -87,9 +95,10 @@ def build_unet(in_channels: int = 4, deep: bool = False):
 
 
 # ------------------------------------------------------------------------------------------------- VAE
-def train_vae(steps: int = 1800, bs: int = 16, lr: float = 2e-3, seed: int = 0, out: Path = WORK / "vae",
+def train_vae(steps: int = 1800, bs: int = 16, lr: float = 2e-3, seed: int = 0, out: Path | None = None,
               init: Path | None = None, edge_weight: float = 0.0):
     """Reconstruction (MSE + L1, optionally weighted up on the shape and its edges) + small KL."""
+    out = out or WORK / "vae"
     seed_all(seed)
     acc = Accelerator(cpu=True)
     vae = load_vae(init).train().requires_grad_(True) if init else build_vae()
@@ -134,10 +143,10 @@ def train_vae(steps: int = 1800, bs: int = 16, lr: float = 2e-3, seed: int = 0, 
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def load_vae(path: Path = WORK / "vae"):
+def load_vae(path: Path | None = None):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(path).eval().requires_grad_(False)
+    return AutoencoderKL.from_pretrained(path or WORK / "vae").eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -193,14 +202,18 @@ def tokenizer_folder():
 
 # --------------------------------------------------------------------------------------------- txt2img
 def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int = 0, pool: int = 20000,
-                  eval_every: int = 500, eval_n: int = 60, out: Path = MODELS / "txt2img", ema: float = 0.0,
+                  eval_every: int = 500, eval_n: int = 60, out: Path | None = None, ema: float = 0.0,
                   init: Path | None = None, tag: str = "txt2img", horizon: int | None = None,
-                  deep: bool = False, zero_snr: bool = False):
+                  deep: bool = False, zero_snr: bool = False, tok_std: float = 0.0, p_pos: float = 0.7,
+                  hi_t: float = 0.0, diag: bool = False, snr_gamma: float = 5.0):
     """Train (or, with ``init`` = a saved txt2img folder, continue training) the UNet and the text encoder.
     ``horizon``: length of the warmup+cosine LR schedule (default ``steps``; a larger one = stop early on the
     schedule of a longer run). ``deep``/``zero_snr``: see build_unet / make_scheduler."""
-    import evaluate
     from diffusers.training_utils import EMAModel
+
+    from . import evaluate
+
+    out = out or MODELS / "txt2img"
 
     seed_all(seed)
     tok = tokenizer_folder()
@@ -223,7 +236,7 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
         text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder")
         unet = UNet2DConditionModel.from_pretrained(init / "unet")
     else:
-        text_encoder, unet = build_text_encoder(len(tok), tok), build_unet(4, deep)
+        text_encoder, unet = build_text_encoder(len(tok), tok, tok_std), build_unet(4, deep)
     noise_sched = make_scheduler("ddpm", zero_snr)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -245,20 +258,27 @@ def train_txt2img(steps: int = 2000, bs: int = 64, lr: float = 1e-3, seed: int =
             score = evaluate.adherence(pipe, evaluate.eval_prompts()[:eval_n], steps=20)
             log(logf, stage="txt2img", step=step, eval_steps=20, n=eval_n, **score,
                 eval_seconds=round(time.time() - te, 1), elapsed=round(time.time() - t0, 1))
+            if diag:
+                from . import diag_position
+                pipe.save_pretrained(out / "last", safe_serialization=True)
+                log(logf, stage="diag", step=step, **diag_position.main(str(out / "last")))
             if ema_model and step < steps:
                 ema_model.restore(unet.parameters())
             if step == steps:
                 break
         idx = [rng.randrange(pool) for _ in range(bs)]
-        prompts = ["" if rng.random() < 0.1 else world.random_prompt(rng, pool_scenes[i]) for i in idx]
+        prompts = ["" if rng.random() < 0.1 else world.random_prompt(rng, pool_scenes[i], p_pos=p_pos) for i in idx]
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (bs,), generator=gen)
+        if hi_t:  # oversample the high-noise steps, where the layout must come from the text
+            hi = torch.rand(bs, generator=gen) < hi_t
+            t = torch.where(hi, torch.randint(800, 1000, (bs,), generator=gen), t)
         xt = noise_sched.add_noise(x0, noise, t)
         cond = text_encoder(token_ids(tok, prompts))[0]
         pred = unet(xt, t, cond).sample
         target = noise_sched.get_velocity(x0, noise, t) if zero_snr else noise
-        w = snr_weights(noise_sched, t)
+        w = snr_weights(noise_sched, t, snr_gamma) if snr_gamma else torch.ones(bs)  # 0: plain MSE
         loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)

@@ -21,8 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-import checker
-import world
+from . import checker, world
 
 torch.set_num_threads(1)
 BASES = ["a medium red square on a blue background", "a large yellow circle on a black background"]
