@@ -281,3 +281,21 @@ def test_training_path_runs_and_is_deterministic(tmp_path):
         pipe.tokenizer.bos_token_id, *pipe.tokenizer.convert_tokens_to_ids(["a</w>", "red</w>"])]
     train_cond._fit("depth", 2, 4, 1e-4, 0, 8, tmp_path / "t0", tmp_path / "depth", lambda p: {})
     assert StableDiffusionDepth2ImgPipeline.from_pretrained(tmp_path / "depth").unet.config.in_channels == 5
+
+
+def test_model_demo_brings_its_preset_under_the_users_settings(sdcli, tmp_path):
+    """--model demo (flag, --set or config file) applies configs/demo.yaml; anything the user sets wins."""
+    import yaml
+
+    from sdcli import config
+
+    plain = config.load("txt2img", flags={"model": "demo"})
+    assert (plain.H, plain.W, plain.scale, plain.safety_checker, plain.watermark) == (64, 64, 4.0, False, False)
+    assert config.load("txt2img", flags={"model": "demo", "H": 128, "scale": 6.0}).H == 128
+    show = lambda *a: yaml.safe_load(sdcli("config", "show", "--task", "txt2img", *a).out)
+    assert show("--set", "model=demo", "--set", "steps=9")["H"] == 64
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("model: demo\nsteps: 12\n")
+    from_file = show("--config", cfg)
+    assert (from_file["H"], from_file["steps"], from_file["safety_checker"]) == (64, 12, False)
+    assert config.load("txt2img", flags={"model": "tiny"}).H is None  # (the model's size) the preset is the demo's only
