@@ -162,8 +162,10 @@ def markdown(r: dict) -> str:
          "| scheduler | " + " | ".join(f"{s} steps" for s in r["step_counts"]) + " | recommended |",
          "|---|" + "---|" * (len(r["step_counts"]) + 1)]
     for name, row in r["schedulers"].items():
-        cells = [" / ".join(str(v[a]) for a in ("bg", "color", "shape", "all")) for v in row.values()]
-        L.append(f"| {name} | " + " | ".join(cells[:-1]) + f" | {cells[-1]} ({schedulers.TABLE[name].steps}) |")
+        rec = schedulers.TABLE[name].steps
+        cells = [" / ".join(str(v[a]) for a in ("bg", "color", "shape", "all"))
+                 for v in (row.get(k, row.get(str(k))) for k in [*r["step_counts"], rec])]
+        L.append(f"| {name} | " + " | ".join(cells[:-1]) + f" | {cells[-1]} ({rec}) |")
     L += ["", f"### img2img ({r['n_img']} pairs; % keeping the input's colours / % following the prompt's)", "",
           "| strength | kept | follows |", "|---|---|---|"]
     L += [f"| {s} | {k} | {f} |" for s, (k, f) in r["img2img"].items()]
@@ -186,7 +188,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sets (for a quick look)")
     ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the section from a saved result (demo_quality.json)")
     a = ap.parse_args(argv)
+    if a.render:
+        return write(Path(a.output), json.loads(Path(a.render).read_text()))
     t0 = time.time()
     n, n_sched, n_img = (24, 8, 8) if a.quick else (120, 24, 30)
     prompts = [p for p, _ in world.heldout_prompts(n)]
@@ -204,7 +209,11 @@ def main(argv=None) -> int:
     r["instruct_edit"] = instruct_edit(n_img * 2)
     r["seconds"] = round(time.time() - t0)
     print(json.dumps(r))
-    out = Path(a.output)
+    Path(ROOT / "benchmarks" / "demo_quality.json").write_text(json.dumps(r, indent=1))
+    return write(Path(a.output), r)
+
+
+def write(out: Path, r: dict) -> int:
     text = out.read_text() if out.exists() else "# Benchmarks\n"
     block = markdown(r)
     if START in text and END in text:
@@ -212,7 +221,6 @@ def main(argv=None) -> int:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     out.write_text(text)
-    Path(ROOT / "benchmarks" / "demo_quality.json").write_text(json.dumps(r, indent=1))
     return 0
 
 
