@@ -40,8 +40,9 @@ def cache_root() -> Path:
     return cache_home() / "tiny" / f"v{BUILD_VERSION}"
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The byte-level alphabet used by CLIP's BPE (same as GPT-2)."""
+def byte_alphabet() -> dict[int, str]:
+    """CLIP's (and GPT-2's) byte-level BPE alphabet: byte -> character, in CLIP's vocabulary order (the
+    printable bytes first, then the others mapped above U+0100). Also used by the demo model's tokenizer."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -50,13 +51,13 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for c in cs]
+    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def write_tokenizer(folder: Path) -> None:
     """A CLIP tokenizer with only byte-level characters: vocab.json + merges.txt with no merges."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
+    chars = list(byte_alphabet().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)

@@ -11,21 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tiny import byte_alphabet
 from . import world
 
 
 def bytes_to_unicode() -> list[str]:
-    """The byte-level alphabet of CLIP's BPE (same as GPT-2), in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    order = sorted(range(256), key=lambda i: bs[i])
-    return [chr(cs[i]) for i in order]
+    """The byte-level alphabet of CLIP's BPE, in byte order (the order of this tokenizer's vocab.json)."""
+    alphabet = byte_alphabet()
+    return [alphabet[b] for b in range(256)]
 
 
 def bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
