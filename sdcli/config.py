@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import configfiles, limits, schedulers
 from .errors import UsageError, suggest
@@ -71,6 +71,15 @@ class RunConfig:
     latent_channels: Optional[int] = None  # --C: checked against the model once loaded (None: no check)
     downsampling_factor: Optional[int] = None  # --f: the VAE's scale factor, checked the same way
 
+    # What the run adds to the model, and how prompts are read (README "LoRA, embeddings and prompt weighting")
+    lora: List[str] = field(default_factory=list)  # LoRA files, PATH[:WEIGHT]
+    lora_dir: Optional[str] = None  # where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors
+    fuse_lora: bool = False  # merge the run's one LoRA set into the weights (faster steps)
+    embedding: List[str] = field(default_factory=list)  # textual-inversion files, PATH[:TOKEN]
+    embedding_dir: Optional[str] = None  # NAME.safetensors used where NAME appears in a prompt
+    clip_skip: int = 1  # A1111's Clip skip: 1 = the text encoder's last layer, 2 = the one before ...
+    prompt_syntax: str = "a1111"  # a1111, compel or none (plain text, cut at the text encoder's window)
+
     # Where to run
     device: str = "auto"
     precision: str = "auto"
@@ -107,7 +116,9 @@ class RunConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys of a prompt-file row that override the config for that row.
-ROW_KEYS = {"prompt", "negative_prompt", "seed", "steps", "scale", "W", "H", "scheduler", "eta"}
+ROW_KEYS = {"prompt", "negative_prompt", "seed", "steps", "scale", "W", "H", "scheduler", "eta",
+            "lora", "embedding", "vae", "clip_skip", "prompt_syntax"}
+LIST_KEYS = ("lora", "embedding")  # text lists: --set lora=a.safetensors is a list of one
 ROW_ALIASES = {"width": "W", "height": "H", "ddim_steps": "steps", "cfg_scale": "scale", "negative": "negative_prompt",
                "init_img": "image", "init_image": "image", "input": "image", "mask_image": "mask",
                "edit": "prompt", "cfg_text": "scale", "cfg_image": "image_guidance_scale"}
@@ -178,7 +189,7 @@ def load(
     """
     if task not in TASK_NAMES:
         raise UsageError(f"--task {task}: unknown task{suggest(task, TASK_NAMES)}; one of {', '.join(TASK_NAMES)}")
-    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None and v != []}
     for flag, implied in IMPLIED.items():
         if flag in explicit:
             explicit = {**implied, **explicit}
@@ -217,6 +228,8 @@ def load(
         key = key.strip()
         if key in FIELDS and FIELDS[key].type in ("str", "Optional[str]"):
             data = {key: raw}  # text settings verbatim, not YAML ("yes", "#1 cat", "0123")
+        elif key in LIST_KEYS and not raw.lstrip().startswith("["):
+            data = {key: [raw]}
         else:
             try:
                 data = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={raw}"]))
@@ -297,6 +310,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     image_format = IMAGE_FORMATS.get(str(cfg.format).lower().lstrip("."))
     _require(image_format is not None, f"--format {cfg.format}: unknown image format; choose png, jpg or webp")
     cfg.format = image_format
+    from .prompt_syntax import SYNTAXES
+
+    _require(cfg.prompt_syntax in SYNTAXES, f"--prompt-syntax {cfg.prompt_syntax}: choose a1111, compel or none")
+    _require(not (cfg.fuse_lora and not cfg.lora and cfg.lora_dir is None),
+             "--fuse-lora: no LoRA to fuse; give --lora PATH (or <lora:NAME> tags with --lora-dir)")
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")

@@ -74,10 +74,11 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def files_sha256(files: list[Path], cache: Optional[Path] = None) -> str:
-    """The sha256 of the files' bytes one after the other; from the cache if no file changed since."""
+def files_sha256(files: list[Path], cache: Optional[Path] = None, addnet: bool = False) -> str:
+    """The sha256 of the files' bytes one after the other; from the cache if no file changed since.
+    ``addnet``: A1111's hash of a LoRA .safetensors ("addnet hash"): its bytes after the JSON header."""
     cache = cache or cache_home() / CACHE_NAME
-    key = "\n".join(str(Path(f).resolve()) for f in files)
+    key = ("addnet\n" if addnet else "") + "\n".join(str(Path(f).resolve()) for f in files)
     stamps = [_stamp(f) for f in files]
     entry = _read_cache(cache).get(key)
     if isinstance(entry, dict) and entry.get("stamps") == stamps and isinstance(entry.get("sha256"), str):
@@ -85,6 +86,8 @@ def files_sha256(files: list[Path], cache: Optional[Path] = None) -> str:
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
+            if addnet:
+                fh.seek(8 + int.from_bytes(fh.read(8), "little"))
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
     sha = digest.hexdigest()
@@ -97,6 +100,11 @@ def files_sha256(files: list[Path], cache: Optional[Path] = None) -> str:
     except OSError:  # a read-only cache: hash again next time
         pass
     return sha
+
+
+def file_sha256(path: Path, addnet: bool = False) -> str:
+    """One file's sha256 (cached as the models' are)."""
+    return files_sha256([Path(path)], addnet=addnet)
 
 
 def model_sha256(source, variant: Optional[str] = None) -> Optional[str]:

@@ -42,6 +42,7 @@ LIMITS: dict[str, Limit] = {
     "latent_channels": Limit(1, 64, flag="--C"),
     "downsampling_factor": Limit(1, 64, flag="--f"),
     "quality": Limit(1, 100),  # --format jpg/webp
+    "clip_skip": Limit(1, 48, flag="--clip-skip"),
 }
 MAX_SIDE = int(LIMITS["W"].hi)
 MAX_BATCH = int(LIMITS["n_samples"].hi)

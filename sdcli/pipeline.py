@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import concepts, hashes, models, postprocess, schedulers
+from .prompt_syntax import strip_lora_tags
 from .plan import Plan
 from .progress import Reporter
 from .prompts import Job
@@ -50,6 +51,7 @@ class LoadedPipeline:
         concepts.check_geometry(self.pipe, cfg)
         # A1111's "Model hash" (read once per weights file; cached by path, size and mtime)
         self.facts = dataclasses.replace(self.facts, model_sha256=hashes.model_sha256(p.source, getattr(cfg, "variant", None)))
+        self.load_concepts(p)
         models.apply_options(self.pipe, cfg, self.device)
         if cfg.compile:
             models.compile_unet(self.pipe, self.device)
@@ -59,10 +61,28 @@ class LoadedPipeline:
         self.schedulers: dict[str, Any] = {}
         self.default_w, self.default_h = models.default_size(self.pipe)
         self.warmed: set = set()
-        # Text encodings per (prompt, negative prompt, guidance on): computed once per run, not per batch.
+        # Text encodings per (prompt, negative prompt, guidance on, how read, LoRAs): once per run, not per batch.
         self.embeds: dict[tuple, Any] = {}
         self.dropped: dict[str, str] = {}  # text -> the words the text encoder's window cut off ("" if none)
-        self.can_embed = "prompt_embeds" in inspect.signature(getattr(self.pipe, "encode_prompt", len)).parameters
+        self.can_embed = "prompt_embeds" in inspect.signature(type(self.pipe).__call__).parameters
+
+    def load_concepts(self, p: Plan) -> None:
+        """The run's embeddings and LoRAs (each loaded once) and its per-row VAEs; the prompt encoder."""
+        from . import adapters, embeddings
+        from .textencode import PromptEncoder
+
+        cfg, rc = p.cfg, p.concepts
+        t0 = time.monotonic()
+        embeddings.load_all(self.pipe, rc.embeddings, cfg.allow_unsafe_pickle)
+        self.adapters = adapters.Adapters(self.pipe, rc.loras, cfg.allow_unsafe_pickle, cfg.fuse_lora) \
+            if rc.loras else None
+        self.vaes = {cfg.vae: self.pipe.vae}
+        for spec in rc.vaes:
+            self.vaes[spec] = concepts.load_vae(dataclasses.replace(cfg, vae=spec), p.source, self.dtype).to(self.device)
+        self.encoder = PromptEncoder(self.pipe)
+        if not rc.empty:
+            self.reporter.info(f"loaded {len(rc.loras)} LoRA(s), {len(rc.embeddings)} embedding(s), {len(rc.vaes)} "
+                               f"extra VAE(s) in {time.monotonic() - t0:.1f}s" + (" (LoRAs fused)" if cfg.fuse_lora else ""))
 
     def settle_model_eta(self) -> None:
         """``--scheduler model``: only now is it known whether the model's scheduler uses eta. If it does not,
@@ -89,13 +109,30 @@ class LoadedPipeline:
 
     def generate(self, batch: list[Job], stopped: Callable[[], bool] = lambda: False) -> BatchResult:
         """The images of one batch; ``stopped()`` is asked at every step (StopRequested ends the batch)."""
-        import torch
-
         first = batch[0]
         width, height = self.size(first)
         self.pipe.scheduler = self.scheduler(first.scheduler)
-        prepared = self.plan.task.prepare(self.pipe, batch, width, height)
-        truncated = frozenset(t for j in batch for t in (j.prompt, j.negative_prompt) if self.cut_off(t))
+        c = first.concepts or concepts.Concepts()
+        if self.adapters is not None:
+            self.adapters.activate(c.loras)
+        self.pipe.vae = self.vaes[c.vae]
+        truncated = frozenset(t for j in batch for t in (j.prompt, j.negative_prompt)
+                              if c.syntax == "none" and self.cut_off(strip_lora_tags(t)))
+        images, prepared, steps_run = [], None, 0
+        for jobs, text in self.text_groups(batch):  # one group unless prompts differ in length (chunks)
+            prepared = self.plan.task.prepare(self.pipe, jobs, width, height)
+            made, steps_run = self.run_pipeline(jobs, text, prepared, width, height, stopped)
+            images += made
+        flags = self.checker.check(images) if self.checker else [False] * len(images)
+        images = [postprocess.black_like(im) if f else im for im, f in zip(images, flags)]
+        return BatchResult(images, flags, width, height, steps_run, prepared.depth, truncated)
+
+    def run_pipeline(self, batch: list[Job], text: dict, prepared, width: int, height: int,
+                     stopped: Callable[[], bool]) -> tuple[list, int]:
+        """One pipeline call: the images (before the safety checker) and the denoising steps it ran."""
+        import torch
+
+        first = batch[0]
         steps_run = 0
         step_times: list[float] = []
 
@@ -109,7 +146,7 @@ class LoadedPipeline:
             return kwargs
 
         kwargs = dict(
-            **self.text_inputs(batch),
+            **text,
             num_inference_steps=first.steps,
             guidance_scale=first.scale,
             eta=first.eta or 0.0,  # None: the scheduler ignores it
@@ -123,9 +160,7 @@ class LoadedPipeline:
             images = self.plan.task.finish(batch, prepared, self.pipe(**kwargs).images)
         if self.plan.cfg.compile:
             self.report_compile((len(batch), width, height, first.scale > 1), t_start, step_times)
-        flags = self.checker.check(images) if self.checker else [False] * len(images)
-        images = [postprocess.black_like(im) if f else im for im, f in zip(images, flags)]
-        return BatchResult(images, flags, width, height, steps_run, prepared.depth, truncated)
+        return images, steps_run
 
     def cut_off(self, text: str) -> str:
         """The words of ``text`` beyond the text encoder's window ("" if it fits); warns once per text."""
@@ -139,27 +174,35 @@ class LoadedPipeline:
                                    f"dropped: {self.dropped[text]!r}")
         return self.dropped[text]
 
-    def text_inputs(self, batch: list[Job]) -> dict[str, Any]:
-        """Prompts as cached embeddings where the pipeline allows it (all but instruct-pix2pix): each prompt
-        is encoded alone, once, so an image's conditioning does not depend on its batch."""
-        if not self.can_embed:
-            return {"prompt": [j.prompt for j in batch], "negative_prompt": [j.negative_prompt for j in batch]}
+    def text_groups(self, batch: list[Job]) -> list[tuple[list[Job], dict[str, Any]]]:
+        """The batch's text inputs: cached embeddings (each prompt encoded alone, so an image's conditioning does
+        not depend on its batch), split into groups of equal length (a long prompt has more 75-token chunks);
+        or, for a pipeline that cannot take embeddings and prompts it reads itself, the texts."""
         import torch
 
+        c = batch[0].concepts or concepts.Concepts()
         guided = batch[0].scale > 1
+        if not self.can_embed or not self.encoder.native and not any(
+                self.encoder.needs_embeds(j.prompt, j.negative_prompt, c.syntax, c.clip_skip) for j in batch):
+            return [(batch, {"prompt": [strip_lora_tags(j.prompt) for j in batch],
+                             "negative_prompt": [strip_lora_tags(j.negative_prompt) for j in batch]})]
         pairs = []
         for job in batch:
-            key = (job.prompt, job.negative_prompt, guided)
+            key = (job.prompt, job.negative_prompt, guided, c.syntax, c.clip_skip, c.loras)
             if key not in self.embeds:
                 if len(self.embeds) >= 256:
                     self.embeds.pop(next(iter(self.embeds)))
-                with torch.inference_mode():
-                    self.embeds[key] = self.pipe.encode_prompt(job.prompt, self.pipe._execution_device, 1, guided,
-                                                               job.negative_prompt)
+                self.embeds[key] = self.encoder.encode(job.prompt, job.negative_prompt, guided, c.syntax, c.clip_skip)
             pairs.append(self.embeds[key])
-        out = {"prompt_embeds": torch.cat([pe for pe, _ in pairs])}
-        if guided:
-            out["negative_prompt_embeds"] = torch.cat([ne for _, ne in pairs])
+        groups: dict[int, list[int]] = {}
+        for i, (pe, _) in enumerate(pairs):
+            groups.setdefault(pe.shape[1], []).append(i)
+        out = []
+        for members in groups.values():
+            text = {"prompt_embeds": torch.cat([pairs[i][0] for i in members])}
+            if guided:
+                text["negative_prompt_embeds"] = torch.cat([pairs[i][1] for i in members])
+            out.append(([batch[i] for i in members], text))
         return out
 
     def report_compile(self, shape: tuple, t_start: float, step_times: list[float]) -> None:

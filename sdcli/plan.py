@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import outputs, postprocess, prompts, tasks
+from . import concepts, outputs, postprocess, prompts, tasks
 from .config import RunConfig
 from .errors import UsageError
-from .concepts import check_vae
 from .models import Runtime, Source, resolve_runtime, resolve_source
 
 
@@ -28,6 +27,7 @@ class Plan:
     outdir: Path
     source: Source
     runtime: Optional[Runtime]  # None: resolved when the run loads (it needs torch to ask for a GPU)
+    concepts: concepts.RunConcepts = field(default_factory=concepts.RunConcepts)  # LoRAs, embeddings, VAEs to load
     notes: list[str] = field(default_factory=list)  # for the user (the CLI prints them as info)
     warnings: list[str] = field(default_factory=list)
 
@@ -47,7 +47,10 @@ class Plan:
     def dry_run(self) -> list[dict[str, Any]]:
         """One line per job, as ``--dry-run`` prints them."""
         return [{"index": j.index, "prompt": j.prompt, "seed": j.seed, "steps": j.steps, "scale": j.scale,
-                 "W": j.W, "H": j.H, "scheduler": j.scheduler, **({"error": j.error} if j.error else {})}
+                 "W": j.W, "H": j.H, "scheduler": j.scheduler,
+                 **({"loras": [f"{r.name}:{r.weight:g}" for r in j.concepts.loras]} if j.concepts and j.concepts.loras else {}),
+                 **({"embeddings": [e.token for e in j.concepts.embeddings]} if j.concepts and j.concepts.embeddings else {}),
+                 **({"error": j.error} if j.error else {})}
                 for j in self.jobs]
 
 
@@ -63,7 +66,8 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
         notes.append(f"seed {cfg.seed} (random; --seed {cfg.seed} makes these images again)")
     rows = task.expand_rows(cfg, prompts.rows_for(cfg, task.row_keys))
     source = resolve_source(cfg.model or task.default_model, cfg, cfg.task)
-    check_vae(cfg)
+    concepts.check_vae(cfg)
+    run_concepts = concepts.attach(cfg, rows, source)
     jobs = prompts.make_jobs(cfg, rows, source.name, task.name)
     if cfg.model == "demo" and task.name == "depth2img" and any(job.inputs.depth_map is None for job in jobs):
         raise UsageError("--model demo: the demo depth model has no trained depth estimator; give the depth with "
@@ -91,4 +95,4 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
     runtime = resolve_runtime(cfg) if dry_run or cfg.device == "cpu" else None
     if cfg.safety_checker:
         postprocess.find_checker(cfg.safety_checker_source, source)
-    return Plan(cfg, task, jobs, batches, outdir, source, runtime, notes, warnings)
+    return Plan(cfg, task, jobs, batches, outdir, source, runtime, run_concepts, notes, warnings)

@@ -38,6 +38,7 @@ class Row:
     source: str = ""  # "file:line" for messages
     error: Optional[str] = None  # a per-row input problem: the row's jobs fail, the others run
     inputs: Any = None  # the task's checked inputs (tasks.TaskInputs), set by Task.expand_rows
+    concepts: Any = None  # its LoRAs, embeddings, VAE, clip skip, prompt syntax (concepts.Concepts), set by plan
 
 
 def denoising_steps(steps: int, strength: Optional[float]) -> int:
@@ -59,6 +60,7 @@ class Job:
     eta: Optional[float]  # None: the scheduler ignores eta (schedulers.eta_used)
     iteration: int
     inputs: Any = None  # the task's inputs (tasks.TaskInputs: frozen, hashable), None for txt2img
+    concepts: Any = None  # concepts.Concepts (frozen, hashable); None: a plain run
     source: str = ""
     error: Optional[str] = None
     id: str = ""  # stable identity (see job_id), set by make_jobs
@@ -73,13 +75,15 @@ class Job:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
-        return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, self.inputs)
+        return (self.steps, self.scale, self.W, self.H, self.scheduler, self.eta, self.iteration, self.inputs,
+                self.concepts.batch_key() if self.concepts is not None else None)
 
     def settings(self) -> dict[str, Any]:
         """What makes the image: every setting, task inputs as a flat mapping."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("source", "error", "id", "inputs")}
+               if f.name not in ("source", "error", "id", "inputs", "concepts")}
         out["inputs"] = self.inputs.fields() if self.inputs is not None else {}
+        out.update(self.concepts.fields() if self.concepts is not None else {})  # nothing for a plain run
         return out
 
     def job_id(self, model: str, task: str) -> str:
@@ -98,6 +102,17 @@ def _check_row_value(key: str, value: Any, where: str) -> Any:
         return limits.parse(key, value, where)
     if key == "scheduler":
         return schedulers.canonical(value, f"{where}: scheduler {value!r}")
+    if key == "prompt_syntax":
+        from .prompt_syntax import SYNTAXES
+
+        if value not in SYNTAXES:
+            raise UsageError(f"{where}: prompt_syntax {value!r}: choose {', '.join(SYNTAXES)}")
+    if key in ("lora", "embedding") and not (isinstance(value, str) or isinstance(value, list)
+                                            and all(isinstance(v, str) for v in value)):
+        raise UsageError(f"{where}: '{key}' must be a file (PATH or PATH:{'WEIGHT' if key == 'lora' else 'TOKEN'}) "
+                         "or a list of them")
+    if key == "vae" and not isinstance(value, str):
+        raise UsageError(f"{where}: 'vae' must be a VAE file, folder or hub id")
     return value
 
 
@@ -224,7 +239,7 @@ def make_jobs(cfg: RunConfig, rows: list[Row], model: str, task: str) -> list[Jo
                 index=k, prompt=row.prompt, negative_prompt=o.get("negative_prompt", cfg.negative_prompt),
                 seed=seed, steps=o.get("steps", cfg.steps), scale=o.get("scale", cfg.scale),
                 W=o.get("W", cfg.W), H=o.get("H", cfg.H), scheduler=o.get("scheduler", cfg.scheduler),
-                eta=schedulers.eta_used(o.get("scheduler", cfg.scheduler), o.get("eta", cfg.eta)), iteration=it, inputs=row.inputs, source=row.source, error=row.error,
+                eta=schedulers.eta_used(o.get("scheduler", cfg.scheduler), o.get("eta", cfg.eta)), iteration=it, inputs=row.inputs, concepts=row.concepts, source=row.source, error=row.error,
             )
             job.id = job.job_id(model, task)
             jobs.append(job)

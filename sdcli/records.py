@@ -61,6 +61,7 @@ def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Option
         "watermark": watermark,
         "truncated": job.prompt in batch.truncated or job.negative_prompt in batch.truncated,
         **(job.inputs.record() if job.inputs is not None else {}),
+        **(job.concepts.record() if job.concepts is not None else {}),
     })
 
 
@@ -95,13 +96,18 @@ def a1111_for(record: dict[str, Any], job: Job) -> str:
         "Model hash": short_hash(record.get("model_sha256")), "Model": record["model"],
         "Eta DDIM": record["eta"] if job.scheduler == "ddim" and record["eta"] else None,
         **textsafe(job.inputs.a1111() if job.inputs is not None else {}),
+        **textsafe(job.concepts.a1111(record.get("model_sha256")) if job.concepts is not None else {}),
         "Version": f"sdcli {__version__}",
     }
     return a1111_parameters(record["prompt"], record["negative_prompt"], params)
 
 
 def _quote(value: Any) -> str:
+    """A1111's quoting: a value with , : newline or " becomes a JSON string; a JSON object (Civitai's
+    ``Hashes``) is written as it is, as A1111 writes it."""
     text = str(value)
+    if text.startswith("{") and text.endswith("}") and "\n" not in text:
+        return text
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
 
 
@@ -117,7 +123,7 @@ def a1111_parameters(prompt: str, negative_prompt: str, params: dict[str, Any]) 
 def parse_a1111(text: str) -> dict[str, str]:
     """Parse a ``parameters`` text the way A1111's PNG Info does (the last line holds the settings)."""
     *head, last = text.strip().split("\n")
-    pairs = re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', last)
+    pairs = re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|\{[^}]*\}|[^,]*)(?:,|$)', last)
     if len(pairs) < 3:
         return {"prompt": text}
     out = {k.strip(): (json.loads(v) if v.startswith('"') else v) for k, v in pairs}
