@@ -9,6 +9,7 @@ one LoRA set of a run into the weights instead (faster per step).
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -124,7 +125,9 @@ class Adapters:
             if not ref.path.lower().endswith(".safetensors"):
                 source = weightfiles.load(Path(ref.path), f"--lora {ref.path}", allow_pickle)
             try:
-                pipe.load_lora_weights(source, adapter_name=name)
+                with warnings.catch_warnings():  # peft: "Already found a peft_config ... multiple adapters" (intended)
+                    warnings.simplefilter("ignore", UserWarning)
+                    pipe.load_lora_weights(source, adapter_name=name)
             except Exception as e:  # diffusers/peft: ValueError, KeyError, RuntimeError (shape mismatch)
                 raise ModelUnavailable(f"--lora {ref.path}: cannot load it into this model: {first_line(e)}") from e
             self.names[ref.path] = name

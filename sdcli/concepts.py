@@ -113,9 +113,13 @@ def model_facts(source) -> ModelFacts:
             return {}
 
     unet, text = read("unet", "config.json"), read("text_encoder", "config.json")
+    fast = read("tokenizer", "tokenizer.json")  # transformers 5 saves only this; 4 also vocab.json
+    vocab = set(read("tokenizer", "vocab.json"))
+    model = fast.get("model") if isinstance(fast.get("model"), dict) else {}
+    vocab.update(model.get("vocab") or {})
+    vocab.update(t.get("content", "") for t in fast.get("added_tokens") or [] if isinstance(t, dict))
     return ModelFacts(unet.get("cross_attention_dim") if isinstance(unet.get("cross_attention_dim"), int) else None,
-                      text.get("hidden_size"), text.get("num_hidden_layers"),
-                      frozenset(read("tokenizer", "vocab.json")))
+                      text.get("hidden_size"), text.get("num_hidden_layers"), frozenset(vocab))
 
 
 class _LazyFacts:
@@ -297,6 +301,8 @@ def attach(cfg: RunConfig, rows: list, source) -> RunConcepts:
             if ref.path not in {r.path for r in run.loras}:
                 run.loras.append(ref)
         sets.add(tuple((r.path, r.weight) for r in refs))
+    if cfg.fuse_lora and not run.loras:
+        raise UsageError("--fuse-lora: no LoRA to fuse; give --lora PATH (or <lora:NAME> tags with --lora-dir)")
     if cfg.fuse_lora and len(sets) > 1:
         raise UsageError("--fuse-lora: the rows use different LoRA sets or weights; fusing bakes one set into the "
                          "model for the whole run: leave --fuse-lora out (switching adapters is cheap) or split the run")

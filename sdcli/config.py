@@ -313,8 +313,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     from .prompt_syntax import SYNTAXES
 
     _require(cfg.prompt_syntax in SYNTAXES, f"--prompt-syntax {cfg.prompt_syntax}: choose a1111, compel or none")
-    _require(not (cfg.fuse_lora and not cfg.lora and cfg.lora_dir is None),
-             "--fuse-lora: no LoRA to fuse; give --lora PATH (or <lora:NAME> tags with --lora-dir)")
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")

@@ -48,11 +48,9 @@ class PromptEncoder:
     def needs_embeds(self, prompt: str, negative: str, syntax: str, clip_skip: int) -> bool:
         """False: the pipeline may encode the texts itself (today's pixels, its own truncation)."""
         prompt, negative = strip_lora_tags(prompt), strip_lora_tags(negative)
-        if syntax == "none":
-            return clip_skip > 1 and not self.native
-        if syntax == "compel":
+        if clip_skip > 1 or syntax == "compel":  # diffusers' own clip_skip fails with transformers 5
             return True
-        return not (self.plain(prompt) and self.plain(negative)) or (clip_skip > 1 and not self.native)
+        return syntax == "a1111" and not (self.plain(prompt) and self.plain(negative))
 
     # --- encoding ---------------------------------------------------------------------------------
 
@@ -65,11 +63,8 @@ class PromptEncoder:
         with torch.inference_mode():
             if syntax == "compel":
                 return self._compel(prompt, negative, guided, clip_skip)
-            if self.native and (syntax == "none" or (self.plain(prompt) and self.plain(negative))):
-                device = self.pipe._execution_device
-                pe, ne = self.pipe.encode_prompt(prompt, device, 1, guided, negative,
-                                                 clip_skip=clip_skip - 1 if clip_skip > 1 else None)
-                return pe, ne
+            if self.native and not self.needs_embeds(prompt, negative, syntax, clip_skip):
+                return self.pipe.encode_prompt(prompt, self.pipe._execution_device, 1, guided, negative)
             truncate = syntax == "none"
             pe = self.a1111(prompt, clip_skip, truncate)
             if not guided:
@@ -124,13 +119,7 @@ class PromptEncoder:
 
         zs = []
         for ids, weights in self.chunks(text, truncate):
-            z = self.encode_window(ids, clip_skip)
-            if any(w != 1.0 for w in weights):
-                w = torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
-                mean = z.mean()
-                z = z * w
-                z = z * (mean / z.mean())
-            zs.append(z)
+            zs.append(apply_weights(self.encode_window(ids, clip_skip), weights))
         return torch.cat(zs, dim=1)
 
     def encode_window(self, ids: list[int], clip_skip: int):
@@ -145,7 +134,7 @@ class PromptEncoder:
             mask = torch.tensor([[1] * first_end + [0] * (len(ids) - first_end)], device=device)
         if clip_skip > 1:
             out = te(tensor, attention_mask=mask, output_hidden_states=True)
-            z = te.text_model.final_layer_norm(out.hidden_states[-clip_skip])
+            z = getattr(te, "text_model", te).final_layer_norm(out.hidden_states[-clip_skip])  # transformers 4 / 5
         else:
             z = te(tensor, attention_mask=mask)[0]
         return z.to(dtype=te.dtype, device=device)
@@ -173,6 +162,21 @@ class PromptEncoder:
                 textual_inversion_manager=DiffusersTextualInversionManager(self.pipe), returned_embeddings_type=kind,
                 device=str(self.pipe._execution_device))
         return self.compels[clip_skip]
+
+
+def apply_weights(z, weights: list[float]):
+    """A1111's emphasis ("Original"): each token's vector times its weight, then the chunk rescaled to its
+    unweighted mean. (A mean too close to 0 to divide by, as in random-weight models, is left as it is.)"""
+    import torch
+
+    if all(w == 1.0 for w in weights):
+        return z
+    mean = z.mean()
+    z = z * torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
+    new = z.mean()
+    if abs(float(new)) > 1e-4 * float(z.abs().mean()) and float(mean) * float(new) > 0:
+        z = z * (mean / new)
+    return z
 
 
 def pad_to_same_length(a, b, empty):
