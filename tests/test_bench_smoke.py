@@ -64,3 +64,23 @@ def test_bench_smoke_startup_and_overhead(tiny, tmp_path):
     assert raw["sections"]["overhead"]["pixels"]["identical"] is True
     assert all(r["median_s"] > 0 for r in raw["sections"]["overhead"]["rows"])
     assert raw["versions"]["torch"] and raw["machine"]["logical_cpus"]
+
+
+@pytest.mark.slow
+def test_bench_smoke_concepts(tiny, tmp_path):
+    """The concepts section (issue 10): a LoRA, fused, an embedding, a long weighted prompt, all three."""
+    out = tmp_path / "C.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "concepts",
+         "--model", str(tiny("txt2img")), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out.read_text(), "## Concepts")
+    assert [r[0] for r in rows] == ["plain", "one LoRA", "one LoRA, fused", "one embedding", "long weighted prompt",
+                                    "all three"]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[4]) > 0, row  # sdcli's own load and per-image seconds
+        assert "exit" not in row[6], row
+    assert "--lora" in rows[1][1] and "--fuse-lora" in rows[2][1] and "--embedding" in rows[3][1]
+    assert rows[1][11].startswith("max abs diff") and not rows[1][11].startswith("max abs diff 0 ")
