@@ -91,65 +91,6 @@ def check_geometry(pipe: Any, cfg: RunConfig) -> None:
 # --- what a run adds to the model: LoRAs, embeddings, per-row VAE, clip skip, prompt syntax -----------------
 
 @dataclass(frozen=True)
-class ModelFacts:
-    """What the checks before loading need to know of the model, from its config files (empty if unknown)."""
-
-    cross_attention_dim: Optional[int] = None
-    text_width: Optional[int] = None
-    text_layers: Optional[int] = None
-    vocab: frozenset = frozenset()
-
-
-def model_facts(source) -> ModelFacts:
-    folder = _config_folder(source)
-    if folder is None:
-        return ModelFacts()
-
-    def read(*parts: str) -> dict:
-        try:
-            data = json.loads((folder.joinpath(*parts)).read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    unet, text = read("unet", "config.json"), read("text_encoder", "config.json")
-    fast = read("tokenizer", "tokenizer.json")  # transformers 5 saves only this; 4 also vocab.json
-    vocab = set(read("tokenizer", "vocab.json"))
-    model = fast.get("model") if isinstance(fast.get("model"), dict) else {}
-    vocab.update(model.get("vocab") or {})
-    vocab.update(t.get("content", "") for t in fast.get("added_tokens") or [] if isinstance(t, dict))
-    return ModelFacts(unet.get("cross_attention_dim") if isinstance(unet.get("cross_attention_dim"), int) else None,
-                      text.get("hidden_size"), text.get("num_hidden_layers"), frozenset(vocab))
-
-
-class _LazyFacts:
-    """ModelFacts read on first use: a plain run reads no config file."""
-
-    def __init__(self, source):
-        self.source, self.facts = source, None
-
-    def __getattr__(self, name: str):
-        if self.facts is None:
-            self.facts = model_facts(self.source)
-        return getattr(self.facts, name)
-
-
-def _config_folder(source) -> Optional[Path]:
-    if source.kind == "folder":
-        return Path(source.location)
-    if source.kind == "single_file" and source.config and Path(source.config).is_dir():
-        return Path(source.config)
-    if source.kind == "hub":
-        from .models import _hub_snapshot
-
-        try:
-            return _hub_snapshot(source.location, "--model")
-        except ModelUnavailable:
-            return None
-    return None
-
-
-@dataclass(frozen=True)
 class Concepts:
     """What a job adds to the model and how its prompt is read. Hashable: part of the job's batch key."""
 
@@ -259,9 +200,10 @@ def attach(cfg: RunConfig, rows: list, source) -> RunConcepts:
     """Resolve and check every LoRA, embedding and VAE the rows name (before the model loads) and set each
     row's ``concepts``."""
     from . import adapters, embeddings
+    from .modelfacts import LazyFacts
     from .prompt_syntax import lora_tags
 
-    facts = _LazyFacts(source)
+    facts = LazyFacts(source)
     loras = adapters.LoraChecker(facts, cfg.lora_dir, cfg.allow_unsafe_pickle)
     embeds = embeddings.EmbeddingChecker(facts, cfg.allow_unsafe_pickle)
     run = RunConcepts()
@@ -321,7 +263,7 @@ def _near(base: Path, spec: str) -> str:
     return spec
 
 
-def check_clip_skip(clip_skip: int, syntax: str, facts: ModelFacts, where: str) -> None:
+def check_clip_skip(clip_skip: int, syntax: str, facts, where: str) -> None:
     if facts.text_layers and clip_skip > facts.text_layers:
         raise UsageError(f"{where} {clip_skip}: the model's text encoder has {facts.text_layers} layers; give 1 "
                          f"to {facts.text_layers}")
