@@ -40,6 +40,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(watermark_app, name="watermark")
 
 O = typer.Option
+PROCESS = {"name": "sdcli"}  # how error lines start: sdcli[2/3] for a shard
 
 
 def stdout_guard(fn):
@@ -71,7 +72,9 @@ def generate(task: str, values: dict[str, Any]) -> int:
     from .progress import make_reporter
 
     p = plan(cfg, dry_run=bool(values.get("dry_run")))
-    reporter = make_reporter(cfg.quiet)
+    reporter = make_reporter(cfg.quiet, tag=p.shard.fraction if p.shard.sharded else None,
+                             live=p.shard.source in ("", "--shard"))
+    PROCESS["name"] = reporter.name  # errors name the shard too
     for line in p.warnings:
         reporter.warn(line)
     for line in p.notes:
@@ -83,13 +86,14 @@ def generate(task: str, values: dict[str, Any]) -> int:
                       f"model {p.source.name} ({p.source.kind})")
         return EXIT_OK
     summary = runner.run(p, reporter)
-    code = EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILURE if summary.failed else EXIT_OK
-    (reporter.warn if code else reporter.info)(summary.describe())
+    code = summary.exit_code
+    (reporter.warn if summary.status != "ok" else reporter.info)(summary.describe())
     if summary.interrupted:
         reporter.warn("rerun the same command with --resume to finish")
     if values.get("json"):
-        print(json.dumps(textsafe({"status": summary.status, "exit_code": code, **dataclasses.asdict(summary)}),
-                         ensure_ascii=False))
+        print(json.dumps(textsafe(summary.as_json()), ensure_ascii=False))
+        if summary.merged is not None:
+            print(json.dumps(textsafe(summary.merged), ensure_ascii=False))
     return code
 
 
@@ -158,6 +162,26 @@ def watermark_decode(
         print(f"{path}: {payload.decode('utf-8', errors='replace')}")
 
     _each(images, decode)
+
+
+@app.command("grid")
+@stdout_guard
+def grid(outdir: str = typer.Argument(..., help="The --outdir of a run split with --shard or a launcher.")) -> None:
+    """Write the grid of each split run in OUTDIR whose images are all done (the last shard does it itself)."""
+    from .grids import build_all
+
+    waiting = 0
+    for spec, outcome in build_all(outdir):
+        what = f"run {spec.key} ({len(spec.jobs)} images)"
+        if outcome.status == "incomplete":
+            waiting += 1
+            print(f"{what}: {outcome.missing} image(s) not done; finish them with the run's command and --resume")
+        elif outcome.status == "sizes":
+            print(f"{what}: images of different sizes, no grid")
+        else:
+            print(f"{what}: {'wrote' if outcome.status == 'written' else 'already has'} {outcome.path}")
+    if waiting:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command("info")
@@ -241,7 +265,7 @@ def _failure_reporter(as_json: bool):
     """fail(message, code) -> code: the error line on stderr, and with --json the one JSON document on stdout."""
 
     def fail(message: str, code: int, summary=None) -> int:
-        prefix = "sdcli: " if code == EXIT_INTERRUPTED else "sdcli: error: "
+        prefix = f"{PROCESS['name']}: " + ("" if code == EXIT_INTERRUPTED else "error: ")
         print(textsafe(prefix + message), file=sys.stderr)
         if as_json:
             status = "interrupted" if code == EXIT_INTERRUPTED else "error"

@@ -109,6 +109,7 @@ class RunConfig:
     # Batch behaviour
     resume: bool = False  # skip jobs whose image is already complete in outdir
     fail_fast: bool = False  # stop at the first failed item (default: record it and go on)
+    shard: Optional[str] = None  # K/N, auto or auto/N: make only share K of N (shards.py; launchers set it too)
 
     # Terminal
     quiet: bool = False
@@ -314,6 +315,12 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     _require(cfg.prompt_syntax in SYNTAXES, f"--prompt-syntax {cfg.prompt_syntax}: choose a1111, compel or none")
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
+    if cfg.shard is not None:
+        from . import shards
+
+        cfg.shard = str(cfg.shard).strip()
+        _require(bool(shards.SHARD_RE.match(cfg.shard) or shards.AUTO_RE.match(cfg.shard)),
+                 f"--shard {cfg.shard}: write K/N (this process makes share K of N, e.g. 1/4), auto, or auto/N")
     _require(cfg.outdir != "", "--outdir: must not be empty")
     _require(cfg.model != "", "--model: must not be empty")
     return cfg

@@ -45,22 +45,24 @@ class Stop:
 
 
 @contextlib.contextmanager
-def resume_lock(outdir: Path, resume: bool):
+def resume_lock(outdir: Path, resume: bool, name: str = LOCK_NAME):
     """--resume runs hold OUTDIR/.sdcli-resume.lock: two of them would generate the same missing jobs.
-    (Plain runs need no lock: they never skip, and numbering and manifest lines are safe to share.)"""
+    A shard holds its own (``Shard.lock_name``): shards of one run resume side by side, the same shard twice
+    is refused. (Plain runs need no lock: they never skip, and numbering and manifest lines are safe to share.)"""
     if not resume:
         yield
         return
     import fcntl
     import os
 
-    fd = open_own_file(outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE, f"--outdir {outdir}: {LOCK_NAME}")
+    fd = open_own_file(outdir / name, os.O_RDWR | os.O_CREAT, FILE_MODE, f"--outdir {outdir}: {name}")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutdirBusy(f"--outdir {outdir}: another sdcli --resume run (pid {holder}) is working in it; "
+            what = "it" if name == LOCK_NAME else f"it as this shard ({name})"
+            raise OutdirBusy(f"--outdir {outdir}: another sdcli --resume run (pid {holder}) is working in {what}; "
                              "wait for it to finish, or use another --outdir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .outputs import FILE_MODE, SAMPLE_RE, TMP_PREFIX, link_free, write_temp, read_metadata, relpath, sha256
+from .outputs import FILE_MODE, SAMPLE_RE, TMP_PREFIX, host_tag, link_free, write_temp, read_metadata, relpath, sha256
 from .files import open_own_file, read_regular
 from .records import manifest_line
 
@@ -32,7 +32,7 @@ def manifest_lock(outdir: Path):
         os.close(fd)  # releases the lock
 
 
-def _append(fd: int, records: list[dict[str, Any]]) -> None:
+def write_lines(fd: int, records: list[dict[str, Any]]) -> None:
     """Append one JSON line per record in one write, then fsync (caller holds the lock)."""
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
     size = os.fstat(fd).st_size
@@ -58,7 +58,7 @@ def save_sample(outdir: Path, data: bytes, record: dict[str, Any],
             target = link_free(tmp, folder, SAMPLE_RE, "{:05d}" + suffix)
             extra = companion(target) if companion else {}
             line = manifest_line(record, relpath(target, Path(outdir)), sha256(data), **extra)
-            _append(fd, [line])
+            write_lines(fd, [line])
     finally:
         os.unlink(tmp)
     return target, line
@@ -67,7 +67,7 @@ def save_sample(outdir: Path, data: bytes, record: dict[str, Any],
 def record_failures(outdir: Path, records: list[dict[str, Any]]) -> None:
     if records:
         with manifest_lock(outdir) as fd:
-            _append(fd, [{**r, "status": "failed"} for r in records])
+            write_lines(fd, [{**r, "status": "failed"} for r in records])
 
 
 def recover(outdir: Path, stale_after: float = 600.0) -> int:
@@ -98,12 +98,13 @@ def recover(outdir: Path, stale_after: float = 600.0) -> int:
             if isinstance(record, dict) and "job_id" in record:
                 recovered.append(manifest_line(record, relpath(path, outdir), sha256(data), recovered=True))
         if recovered:
-            _append(fd, recovered)
+            write_lines(fd, recovered)
     return len(recovered)
 
 
 def _remove_stale_temporaries(folder: Path, stale_after: float) -> None:
-    """Delete ``.tmp-PID-*`` files whose writer is gone (or, for other names, older than ``stale_after`` s)."""
+    """Delete ``.tmp-PID-HOST-*`` files whose writer on this machine is gone, and any older than ``stale_after``
+    s (a writer on another machine sharing the outdir, or another name)."""
     import time
 
     try:
@@ -111,10 +112,12 @@ def _remove_stale_temporaries(folder: Path, stale_after: float) -> None:
     except OSError:
         return
     now = time.time()
+    here = host_tag()
     for name in names:
-        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        pid, host = (name[len(TMP_PREFIX):].split("-", 2) + ["", ""])[:2]
+        local = host == here or len(host) != 8  # an older name has no host: this machine's
         with contextlib.suppress(OSError):
-            if (pid.isdigit() and not _alive(int(pid))) or now - os.lstat(folder / name).st_mtime > stale_after:
+            if (local and pid.isdigit() and not _alive(int(pid))) or now - os.lstat(folder / name).st_mtime > stale_after:
                 os.unlink(folder / name)
 
 
@@ -135,7 +138,7 @@ def completed(outdir: Path, damaged: Optional[list[int]] = None) -> dict[str, di
     done: dict[str, dict[str, Any]] = {}
     for number, rec in _records(outdir):
         status = rec.get("status", "ok") if rec is not None else None
-        if status == "failed" and isinstance(rec.get("job_id"), str):
+        if (status == "failed" and isinstance(rec.get("job_id"), str)) or status == "run":  # grids.RUN_STATUS
             continue
         job_id, path, digest = (rec.get(k) for k in ("job_id", "path", "sha256")) if rec else (None, None, None)
         if status != "ok" or not all(isinstance(v, str) for v in (job_id, path, digest)) \
@@ -153,7 +156,7 @@ def append_manifest(outdir: Path, records: list[dict[str, Any]]) -> None:
     """Append one JSON line per record, under the manifest lock, in one write, then fsync."""
     if records:
         with manifest_lock(outdir) as fd:
-            _append(fd, records)
+            write_lines(fd, records)
 
 
 def read_manifest(outdir: Path) -> list[dict[str, Any]]:

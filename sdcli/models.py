@@ -153,10 +153,15 @@ class Runtime:
         return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
 
 
-def resolve_runtime(cfg: RunConfig) -> Runtime:
+def resolve_runtime(cfg: RunConfig, local_rank: Optional[int] = None) -> Runtime:
     """Device, precision and speed options that cannot work on this machine: a clear error before loading
-    (``--dry-run`` included). Imports torch only to ask for a GPU."""
+    (``--dry-run`` included). Imports torch only to ask for a GPU. ``local_rank``: a launcher's process number
+    on this machine, which picks its GPU for --device auto or cuda."""
     device = resolve_device(cfg.device)
+    if device == "cuda" and local_rank is not None:
+        import torch
+
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per task (CUDA_VISIBLE_DEVICES): cuda:0
     runtime = Runtime(device, resolve_precision(cfg.precision, device))
     check_options(cfg, device)
     return runtime

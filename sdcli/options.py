@@ -73,6 +73,7 @@ SHARED = [
     Opt("channels_last", bool, ("--channels-last",), "Channels-last memory layout for UNet and VAE."),
     Opt("compile", bool, ("--compile",), "torch.compile the UNet: slow first batch, faster after."),
     Opt("resume", bool, ("--resume",), "Skip jobs whose image is already complete in --outdir (same command)."),
+    Opt("shard", str, ("--shard",), "Make share K of N of the jobs: K/N, or auto (Slurm array, or auto/N for a Kubernetes indexed Job). Launchers (torchrun, accelerate, srun) need no flag."),
     Opt("fail_fast", bool, ("--fail-fast",), "Stop at the first failed item (default: record it, go on, exit 1)."),
     Opt("json", bool, ("--json",), "Print a JSON summary on stdout at the end (logs stay on stderr).", default=False),
     Opt("dry_run", bool, ("--dry-run",), "Check everything and list the jobs, without loading the model.", default=False),

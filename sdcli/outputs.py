@@ -27,13 +27,21 @@ from .files import folder_problem, read_regular
 SAMPLE_RE = re.compile(r"^(\d{5,})\.(?:png|jpg|webp)$")  # one numbering for every --format
 GRID_RE = re.compile(r"^grid-(\d{4,})\.(?:png|jpg|webp)$")
 TMP_PREFIX = ".tmp-"
+
+
+def host_tag() -> str:
+    """8 hex digits naming this machine in temporary file names: shards on several machines share an outdir
+    on a network folder, and a writer's process id means nothing on another machine."""
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 FILE_MODE = 0o666  # less the umask, as open() does
 
 
 def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
     """A new temporary file in ``folder``, open for writing, with the mode ``open()`` would give."""
     while True:
-        name = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{suffix}")
+        name = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{host_tag()}-{secrets.token_hex(8)}{suffix}")
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), name
         except FileExistsError:

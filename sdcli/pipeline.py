@@ -38,7 +38,7 @@ class LoadedPipeline:
         cfg = p.cfg
         self.plan, self.reporter = p, reporter
         models.quiet_libraries()
-        runtime = p.runtime or models.resolve_runtime(cfg)
+        runtime = p.runtime or models.resolve_runtime(cfg, p.shard.local_rank)
         self.device, self.dtype = runtime.device, runtime.dtype
         self.facts = RunFacts.of(p.task.name, p.source, self.device, runtime.dtype_name)
         reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {runtime.dtype_name}")

@@ -7,12 +7,13 @@ cached tiny model's folder; it is built when the run loads it.)
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import concepts, outputs, postprocess, prompts, tasks
+from . import concepts, outputs, postprocess, prompts, shards, tasks
 from .config import RunConfig
 from .errors import UsageError
 from .models import Runtime, Source, resolve_runtime, resolve_source
@@ -30,6 +31,12 @@ class Plan:
     concepts: concepts.RunConcepts = field(default_factory=concepts.RunConcepts)  # LoRAs, embeddings, VAEs to load
     notes: list[str] = field(default_factory=list)  # for the user (the CLI prints them as info)
     warnings: list[str] = field(default_factory=list)
+    shard: shards.Shard = field(default_factory=shards.Shard)  # this process's share (scale-out)
+
+    @property
+    def share(self) -> list[list[prompts.Job]]:
+        """The batches this process makes: all of them, or its shard's."""
+        return self.shard.share(self.batches)
 
     def exact_path(self, job: prompts.Job) -> Optional[Path]:
         """Where an image goes when it is not a numbered sample: instruct-edit's --output, or inpaint's --indir
@@ -46,12 +53,13 @@ class Plan:
 
     def dry_run(self) -> list[dict[str, Any]]:
         """One line per job, as ``--dry-run`` prints them."""
+        mine = {j.index for b in self.share for j in b} if self.shard.sharded else None
         return [{"index": j.index, "prompt": j.prompt, "seed": j.seed, "steps": j.steps, "scale": j.scale,
                  "W": j.W, "H": j.H, "scheduler": j.scheduler,
                  **({"loras": [f"{r.name}:{r.weight:g}" for r in j.concepts.loras]} if j.concepts and j.concepts.loras else {}),
                  **({"embeddings": [e.token for e in j.concepts.embeddings]} if j.concepts and j.concepts.embeddings else {}),
                  **({"error": j.error} if j.error else {})}
-                for j in self.jobs]
+                for j in self.jobs if mine is None or j.index in mine or (j.error and self.shard.index == 0)]
 
 
 def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
@@ -61,6 +69,9 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
     task = tasks.get(cfg.task)
     task.check(cfg)
     notes = []
+    shard = shards.detect(cfg.shard, os.environ)
+    if shard.sharded and cfg.seed is None:
+        raise UsageError(f"{shard.describe()}: every process would pick its own random seed; give --seed")
     if cfg.seed is None:  # instruct-edit, as edit_cli.py: a random seed, printed and recorded
         cfg = dataclasses.replace(cfg, seed=random.randint(0, 2**32 - 1))
         notes.append(f"seed {cfg.seed} (random; --seed {cfg.seed} makes these images again)")
@@ -92,7 +103,9 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
         outdir = outdir_for(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
     # A dry run checks the device now; a real run does when it has taken its --resume lock (importing torch
     # to ask for a GPU costs a second or two), unless it needs no torch for that (--device cpu).
-    runtime = resolve_runtime(cfg) if dry_run or cfg.device == "cpu" else None
+    runtime = resolve_runtime(cfg, shard.local_rank) if dry_run or cfg.device == "cpu" else None
     if cfg.safety_checker:
         postprocess.find_checker(cfg.safety_checker_source, source)
-    return Plan(cfg, task, jobs, batches, outdir, source, runtime, run_concepts, notes, warnings)
+    if shard.sharded:
+        notes.append(f"{shard.describe()}: {sum(map(len, shard.share(batches)))} of the run's {len(jobs)} image(s)")
+    return Plan(cfg, task, jobs, batches, outdir, source, runtime, run_concepts, notes, warnings, shard)

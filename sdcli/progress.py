@@ -15,23 +15,26 @@ from .errors import textsafe
 class Reporter:
     """Plain log lines (stderr not a terminal, e.g. cron or CI)."""
 
-    def __init__(self, quiet: bool = False, stream: Optional[TextIO] = None):
+    def __init__(self, quiet: bool = False, stream: Optional[TextIO] = None, tag: Optional[str] = None):
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.t0 = time.monotonic()
+        self.name = f"sdcli[{tag}]" if tag else "sdcli"  # the shard, when processes share a terminal or log
 
     def _print(self, msg: str) -> None:
         print(textsafe(msg), file=self.stream, flush=True)
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            self._print(f"sdcli: {msg}")
+            self._print(f"{self.name}: {msg}")
 
     def warn(self, msg: str) -> None:
-        self._print(f"sdcli: warning: {msg}")
+        self._print(f"{self.name}: warning: {msg}")
 
-    def start(self, total_images: int, total_batches: int) -> None:
+    def start(self, total_images: int, total_batches: int, run_total: Optional[int] = None) -> None:
+        """``total_images`` to make now; ``run_total``: the images of the whole run (image lines count in it)."""
         self.total = total_images
+        self.run_total = run_total or total_images
         self.info(f"generating {total_images} image(s) in {total_batches} batch(es)")
 
     def batch(self, number: int, total: int, jobs) -> None:
@@ -48,7 +51,7 @@ class Reporter:
 
     def image(self, index: int, path: Optional[str], seed: int, flagged: bool) -> None:
         where = path if path else "(not saved)"
-        self.info(f"image {index + 1}/{self.total}: {where} seed {seed}{' [NSFW: replaced by black]' if flagged else ''}")
+        self.info(f"image {index + 1}/{self.run_total}: {where} seed {seed}{' [NSFW: replaced by black]' if flagged else ''}")
 
     def close(self) -> None:
         pass
@@ -57,8 +60,8 @@ class Reporter:
 class LiveReporter(Reporter):
     """A rich progress bar (images and steps of the current batch) for a terminal."""
 
-    def __init__(self, quiet: bool = False, stream: Optional[TextIO] = None):
-        super().__init__(quiet, stream)
+    def __init__(self, quiet: bool = False, stream: Optional[TextIO] = None, tag: Optional[str] = None):
+        super().__init__(quiet, stream, tag)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -72,7 +75,7 @@ class LiveReporter(Reporter):
     def _print(self, msg: str) -> None:
         self.console.print(textsafe(msg), markup=False, highlight=False)
 
-    def start(self, total_images: int, total_batches: int) -> None:
+    def start(self, total_images: int, total_batches: int, run_total: Optional[int] = None) -> None:
         self.total = total_images
         self.progress.start()
         self.images_task = self.progress.add_task("images", total=total_images)
@@ -94,8 +97,11 @@ class LiveReporter(Reporter):
         self.progress.stop()
 
 
-def make_reporter(quiet: bool, stream: Optional[TextIO] = None) -> Reporter:
+def make_reporter(quiet: bool, stream: Optional[TextIO] = None, tag: Optional[str] = None,
+                  live: bool = True) -> Reporter:
+    """A live bar on a terminal, else plain lines; ``tag`` names the shard; ``live`` False: plain lines (the
+    processes of a launcher share one terminal)."""
     stream = stream or sys.stderr
-    if not quiet and stream.isatty():
-        return LiveReporter(quiet, stream)
-    return Reporter(quiet, stream)
+    if live and not quiet and stream.isatty():
+        return LiveReporter(quiet, stream, tag)
+    return Reporter(quiet, stream, tag)

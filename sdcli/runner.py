@@ -5,53 +5,19 @@ for a failed item, an interrupt or a finished run.
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import manifest, outputs, records
+from . import grids, manifest, outputs, records
 from .errors import SdcliError, UsageError, first_line
 from .guards import Stop, resume_lock
 from .pipeline import StopRequested
 from .plan import Plan
 from .progress import Reporter
 from .prompts import Job
+from .summary import Summary
 
-GRID_MAX_IMAGES = 256  # a grid holds every image of the run in memory
-
-
-@dataclass
-class Summary:
-    """What a run did; the CLI prints it (and with --json, this as JSON) and picks the exit code."""
-
-    task: str
-    outdir: str
-    total: int = 0
-    generated: int = 0
-    skipped: int = 0  # --resume: already complete
-    failed: int = 0
-    flagged: int = 0
-    unwatermarked: int = 0
-    recovered: int = 0  # samples of a killed run recorded in the manifest
-    images: list[str] = field(default_factory=list)
-    grid: Optional[str] = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        return "interrupted" if self.interrupted else "failed" if self.failed else "ok"
-
-    def describe(self) -> str:
-        """The closing line: what was done, where."""
-        counts = [(self.skipped, "already done"), (self.failed, "failed"), (self.flagged, "flagged by the safety checker")]
-        parts = [f"{self.generated} generated", *(f"{n} {label}" for n, label in counts if n)]
-        return (f"{'interrupted' if self.interrupted else 'done'}: {', '.join(parts)} of {self.total} in "
-                f"{self.timings.get('total_s', 0):.1f}s; outputs in {self.outdir}" + (f", grid {self.grid}" if self.grid else ""))
 
 
 def load_pipeline(p: Plan, reporter: Reporter):
@@ -62,15 +28,32 @@ def load_pipeline(p: Plan, reporter: Reporter):
 
 
 def run(p: Plan, reporter: Reporter, load: Callable = load_pipeline) -> Summary:
-    """Load the model, generate every batch not already done, write samples + manifest lines and the grid."""
-    with Stop() as stop, resume_lock(p.outdir, p.cfg.resume):
-        return Run(p, reporter, stop, load).execute()
+    """Load the model, generate every batch not already done (of this process's shard), write samples +
+    manifest lines and the grid. Under a launcher, the ranks then meet: rank 0 writes the grid and merges."""
+    from .dist import Group, finish_group
+
+    group = Group.of(p.shard)
+    try:
+        with Stop() as stop, resume_lock(p.outdir, p.cfg.resume, p.shard.lock_name):
+            summary = Run(p, reporter, stop, load).execute()
+    except SdcliError as e:
+        if group is None:
+            raise
+        failed = e.summary or Summary(task=p.task.name, outdir=str(p.outdir), shard=p.shard.fraction)
+        group.gather({**failed.as_json(), "status": "failed", "exit_code": e.exit_code, "error": first_line(e)})
+        raise
+    if group is not None:
+        finish_group(p, reporter, group, summary)
+    return summary
 
 
 class Run:
     def __init__(self, p: Plan, reporter: Reporter, stop: Stop, load: Callable):
         self.p, self.cfg, self.reporter, self.stop, self.load = p, p.cfg, reporter, stop, load
         self.summary = Summary(task=p.task.name, outdir=str(p.outdir), total=len(p.jobs))
+        if p.shard.sharded:
+            self.summary.total = sum(map(len, p.share)) + len(self.own_bad_rows())
+            self.summary.shard = p.shard.fraction
         self.done: dict[str, dict[str, Any]] = {}
         self.watermark = self.cfg.watermark_text if self.cfg.watermark else None  # the payload
         # instruct-edit --output writes one file where the user said, and a manifest beside it only if asked
@@ -88,23 +71,29 @@ class Run:
         self.recover()
         todo = self.select()
         self.record_bad_rows()
+        spec = grids.spec_for(self.p) if self.p.shard.sharded else None
+        if spec is not None:
+            grids.record_run(self.p.outdir, spec)  # for `sdcli grid OUTDIR`
         if not todo:
             if self.grid_missing():  # a killed or full-disk run recorded every image but not its grid
                 self.reporter.info("every image is done; writing the grid the earlier run did not")
                 s.grid = self.write_grid(records.RunFacts.of(self.p.task.name, self.p.source))
             else:
-                self.reporter.info("nothing to generate")
+                self.reporter.info("nothing to generate" + (f" in {self.p.shard.label}" if spec else ""))
+                self.finish_shard(spec)
             s.timings["total_s"] = round(time.monotonic() - t0, 3)
             return s
         want_grid = self.wants_grid()
         gen = self.load(self.p, self.reporter)
         s.timings["load_s"] = round(time.monotonic() - t0, 3)
-        self.reporter.start(sum(len(b) for b in todo), len(todo))
+        self.reporter.start(sum(len(b) for b in todo), len(todo), len(self.p.jobs))
         t_gen = time.monotonic()
         try:
-            self.generate(gen, todo, want_grid)
+            self.generate(gen, todo, want_grid and spec is None)
             if self.grid_images and not self.stop.requested:
                 s.grid = self.write_grid(gen.facts)
+            elif not self.stop.requested:
+                self.finish_shard(spec)
         except (StopRequested, KeyboardInterrupt):
             s.interrupted = True
         except OSError as e:
@@ -140,16 +129,22 @@ class Run:
             lines = ", ".join(map(str, damaged[:10])) + (" ..." if len(damaged) > 10 else "")
             self.reporter.warn(f"{manifest.MANIFEST}: skipped {len(damaged)} damaged line(s) (line {lines}); "
                                "the images they recorded are made again")
-        self.summary.skipped = sum(1 for j in self.p.jobs if j.id in self.done)
+        share = self.p.share
+        self.summary.skipped = sum(1 for b in share for j in b if j.id in self.done)
         if self.summary.skipped:
-            self.reporter.info(f"resume: {self.summary.skipped} of {len(self.p.jobs)} image(s) already complete in {self.p.outdir}")
-        return [b for b in self.p.batches if any(j.id not in self.done for j in b)]
+            self.reporter.info(f"resume: {self.summary.skipped} of {sum(map(len, share))} image(s) already complete in "
+                               f"{self.p.outdir}")
+        return [b for b in share if any(j.id not in self.done for j in b)]
+
+    def own_bad_rows(self) -> list[Job]:
+        """The jobs of rows that failed their checks: recorded by one process (the first shard)."""
+        return [j for j in self.p.jobs if j.error is not None] if self.p.shard.index == 0 else []
 
     def record_bad_rows(self) -> None:
         """Prompt-file rows whose inputs failed their checks: recorded as failed, the others run."""
         facts = records.RunFacts.of(self.p.task.name, self.p.source)
-        for job in self.p.jobs:
-            if job.error is not None and job.id not in self.done:
+        for job in self.own_bad_rows():
+            if job.id not in self.done:
                 self.reporter.warn(f"{job.error} (skipping this row)")
                 self.summary.failures.append(records.failure_record(facts, job, job.error))
         if self.writes_manifest:
@@ -159,10 +154,10 @@ class Run:
     def wants_grid(self, quiet: bool = False) -> bool:
         if self.cfg.skip_grid or self.cfg.output is not None or self.p.named_after_inputs:
             return False
-        if len(self.p.jobs) > GRID_MAX_IMAGES:
+        if len(self.p.jobs) > grids.GRID_MAX_IMAGES:
             if quiet:
                 return False
-            self.reporter.warn(f"no grid for a run of {len(self.p.jobs)} images (at most {GRID_MAX_IMAGES}); "
+            self.reporter.warn(f"no grid for a run of {len(self.p.jobs)} images (at most {grids.GRID_MAX_IMAGES}); "
                                "the samples are all saved")
             return False
         return True
@@ -256,38 +251,24 @@ class Run:
 
     # --- the grid ------------------------------------------------------------------------------------
 
+    def finish_shard(self, spec: Optional[grids.GridSpec]) -> None:
+        """A shard without a launcher to meet: the last to finish writes the run's grid."""
+        if spec is not None and not self.p.shard.rendezvous and not self.summary.failures:
+            self.summary.grid = grids.report(self.reporter, self.p.outdir, spec)
+
     def write_grid(self, facts: records.RunFacts) -> Optional[str]:
-        images = self.all_images()
-        if len({im.size for im in images}) > 1:
+        spec = grids.spec_for(self.p)
+        first = {**facts.base(), "model": facts.model, "model_sha256": facts.model_sha256}
+        path = grids.encode(self.p.outdir, spec, self.all_images(), first, self.grid_parameters())
+        if path is None:
             self.reporter.warn("images of different sizes: no grid written")
-            return None
-        grid = outputs.make_grid(images, self.cfg.n_rows or self.cfg.n_samples)
-        grid, mark = self.watermarked(grid, warn=False)
-        suffix = outputs.suffix_of(self.cfg.format)
-        record = {**records.grid_record(facts, len(images), mark), "grid_of": self.grid_key()}
-        data = outputs.encode_image(grid, suffix, self.grid_parameters(), record, self.cfg.quality)
-        return str(outputs.write_numbered(self.p.outdir, data, outputs.GRID_RE, "grid-{:04d}" + suffix))
-
-    def grid_key(self) -> str:
-        """Which job set a grid shows (recorded in the grid, so --resume knows whether it is written)."""
-        import hashlib
-
-        return hashlib.sha256(" ".join(sorted(j.id for j in self.p.jobs)).encode()).hexdigest()[:16]
+        return path
 
     def grid_missing(self) -> bool:
         """--resume with every job done: is the grid the run promised missing from the outdir?"""
-        if not self.cfg.resume or not self.done or not self.wants_grid(quiet=True):
+        if self.p.shard.sharded or not self.cfg.resume or not self.done or not self.wants_grid(quiet=True):
             return False
-        key = self.grid_key()
-        for name in os.listdir(self.p.outdir):
-            if outputs.GRID_RE.match(name):
-                try:
-                    record = json.loads(outputs.read_metadata(str(self.p.outdir / name)).get("sdcli", "{}"))
-                except (SdcliError, ValueError):
-                    continue
-                if isinstance(record, dict) and record.get("grid_of") == key:
-                    return False
-        return True
+        return grids.existing(self.p.outdir, grids.spec_for(self.p).key) is None
 
     def grid_parameters(self) -> str:
         """The A1111 ``parameters`` of the grid: its first image's (as A1111's grids)."""

@@ -332,9 +332,9 @@ def test_precision_aliases_on_cpu(sdcli, tiny, tmp_path, precision, recorded):
 
 
 def test_no_grid_for_very_large_runs(sdcli, tiny, tmp_path, monkeypatch):
-    from sdcli import runner
+    from sdcli import grids
 
-    monkeypatch.setattr(runner, "GRID_MAX_IMAGES", 2)
+    monkeypatch.setattr(grids, "GRID_MAX_IMAGES", 2)
     r = sdcli("txt2img", "--model", tiny(), *FAST, "--n_samples", 3, "--n_iter", 1, "--outdir", tmp_path)
     assert r.code == 0 and "no grid for a run of 3 images" in r.err
     assert not list(tmp_path.glob("grid-*.png")) and len(manifest(tmp_path)) == 3
