@@ -253,7 +253,7 @@ class Run:
 
     def finish_shard(self, spec: Optional[grids.GridSpec]) -> None:
         """A shard without a launcher to meet: the last to finish writes the run's grid."""
-        if spec is not None and not self.p.shard.rendezvous and not self.summary.failures:
+        if spec is not None and not self.p.shard.rendezvous:
             self.summary.grid = grids.report(self.reporter, self.p.outdir, spec)
 
     def write_grid(self, facts: records.RunFacts) -> Optional[str]:

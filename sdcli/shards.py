@@ -132,7 +132,7 @@ def from_launcher(env: Mapping[str, str]) -> Optional[Shard]:
                 return None
             if not 0 <= rank < size:
                 raise UsageError(f"{rank_var}={rank} is outside 0..{size - 1} ({size_var}={size})")
-            if name == "torchrun" and env.get("ACCELERATE_DYNAMO_BACKEND") is not None:
+            if name == "torchrun" and ("ACCELERATE_MIXED_PRECISION" in env or "ACCELERATE_DYNAMO_BACKEND" in env):
                 name = "accelerate"  # accelerate launch starts its GPU processes through torch.distributed.run
             return Shard(rank, size, name, local, rendezvous=bool(env.get("MASTER_ADDR") and env.get("MASTER_PORT")))
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ class Result:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("sdcli: error:")]
+        return [line for line in self.err.splitlines() if re.match(r"sdcli(\[\d+/\d+\])?: error:", line)]
 
     def one_error(self, code: int, *words: str) -> bool:
         """Exit code as given, exactly one error line naming every word, no traceback."""
