@@ -153,8 +153,9 @@ def spec_for(p) -> Optional[GridSpec]:
     cfg = p.cfg
     if cfg.skip_grid or cfg.output is not None or p.named_after_inputs or len(p.jobs) > GRID_MAX_IMAGES:
         return None
-    return GridSpec(tuple(j.id for j in p.jobs if j.error is None), cfg.n_rows or cfg.n_samples, cfg.format,
-                    cfg.quality, cfg.watermark_text if cfg.watermark else None)
+    jobs = tuple(j.id for j in p.jobs if j.error is None)
+    return GridSpec(jobs, cfg.n_rows or cfg.n_samples, cfg.format, cfg.quality,
+                    cfg.watermark_text if cfg.watermark else None) if jobs else None
 
 
 def report(reporter, outdir: Path, spec: GridSpec) -> Optional[str]:

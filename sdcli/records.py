@@ -70,11 +70,6 @@ def failure_record(facts: RunFacts, job: Job, error: str) -> dict[str, Any]:
                      "source": job.source, "error": error})
 
 
-def grid_record(facts: RunFacts, images: int, watermark: Optional[str]) -> dict[str, Any]:
-    return textsafe({**facts.base(), "model": facts.model, "model_sha256": facts.model_sha256, "images": images,
-                     "watermark": watermark})
-
-
 def manifest_line(record: dict[str, Any], path: str, sha256: str, **extra: Any) -> dict[str, Any]:
     """An image's manifest line: its record, where it is, its sha256, status ok (and extra fields)."""
     return {**record, "path": path, "sha256": sha256, "status": "ok", **extra}

@@ -206,14 +206,14 @@ class Run:
         self.summary.failed += len(failures)
         self.reporter.warn(message)
 
-    def watermarked(self, image, warn: bool = True) -> tuple[Any, Optional[str]]:
+    def watermarked(self, image) -> tuple[Any, Optional[str]]:
         """The image with the watermark (and the payload), or unchanged (and None) when off or too small."""
         from .postprocess import apply_watermark, can_watermark
 
         if self.watermark is None:
             return image, None
         if not can_watermark(*image.size):
-            if warn and not self.warned_small:
+            if not self.warned_small:
                 self.reporter.warn(f"images under 256x256 pixels ({image.size[0]}x{image.size[1]}) are saved "
                                    "without the invisible watermark")
                 self.warned_small = True

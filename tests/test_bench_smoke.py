@@ -84,3 +84,20 @@ def test_bench_smoke_concepts(tiny, tmp_path):
         assert "exit" not in row[6], row
     assert "--lora" in rows[1][1] and "--fuse-lora" in rows[2][1] and "--embedding" in rows[3][1]
     assert rows[1][11].startswith("max abs diff") and not rows[1][11].startswith("max abs diff 0 ")
+
+
+@pytest.mark.slow
+def test_bench_smoke_scaleout(tiny, tmp_path):
+    """The scale-out section (issue 11): one process, torchrun 2 and 3, two --shard processes together."""
+    out = tmp_path / "S.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "scaleout",
+         "--model", str(tiny("txt2img")), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out.read_text(), "## Scale-out")
+    assert [r[0] for r in rows] == ["one process, 2 threads", "one process, 1 thread", "torchrun, 2 processes x 1 thread",
+                                    "torchrun, 3 processes x 1 thread", "--shard 1/2 + 2/2 together, 1 thread each"]
+    for row in rows[1:]:  # every split run: all 5 images, one grid, the one-thread run's pixels
+        assert float(row[2]) > 0 and row[7:] == ["5", "1", "yes"], row

@@ -250,3 +250,14 @@ def test_random_seed_and_bad_shard_flags_fail_before_loading(sdcli, tiny, tmp_pa
     assert sdcli(*args(tiny, tmp_path, "--shard", "one/two")).one_error(2, "--shard one/two", "K/N")
     r = sdcli(*args(tiny, tmp_path, "--shard", "auto", "--outdir", tmp_path / "o"))
     assert r.one_error(2, "SLURM_ARRAY_TASK_ID") and r.loads == 0
+
+
+def test_more_shards_than_jobs_the_idle_shard_says_so_and_the_last_writes_the_grid(sdcli, tiny, tmp_path):
+    out = tmp_path / "split"
+    one = ("txt2img", "--model", tiny(), *FAST, "--prompt", "a kettle", "--n_samples", 1, "--n_iter", 1, "--seed", 1,
+           "--outdir", out, "--json")
+    r = sdcli(*one, "--shard", "2/2")
+    assert r.code == 0 and "nothing to generate in shard 2/2" in r.err and r.loads == 0
+    assert json.loads(r.out)["total"] == 0 and not list(out.glob("grid-*"))
+    r = sdcli(*one, "--shard", "1/2")
+    assert r.code == 0 and json.loads(r.out)["generated"] == 1 and len(list(out.glob("grid-*"))) == 1
