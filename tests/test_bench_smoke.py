@@ -69,14 +69,7 @@ def test_bench_smoke_startup_and_overhead(tiny, tmp_path):
 @pytest.mark.slow
 def test_bench_smoke_concepts(tiny, tmp_path):
     """The concepts section (issue 10): a LoRA, fused, an embedding, a long weighted prompt, all three."""
-    out = tmp_path / "C.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "concepts",
-         "--model", str(tiny("txt2img")), "--output", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = _rows(out.read_text(), "## Concepts")
+    rows = _smoke_section("concepts", tiny, tmp_path, "## Concepts")
     assert [r[0] for r in rows] == ["plain", "one LoRA", "one LoRA, fused", "one embedding", "long weighted prompt",
                                     "all three"]
     for row in rows:
@@ -89,15 +82,20 @@ def test_bench_smoke_concepts(tiny, tmp_path):
 @pytest.mark.slow
 def test_bench_smoke_scaleout(tiny, tmp_path):
     """The scale-out section (issue 11): one process, torchrun 2 and 3, two --shard processes together."""
-    out = tmp_path / "S.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "scaleout",
-         "--model", str(tiny("txt2img")), "--output", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = _rows(out.read_text(), "## Scale-out")
+    rows = _smoke_section("scaleout", tiny, tmp_path, "## Scale-out")
     assert [r[0] for r in rows] == ["one process, 2 threads", "one process, 1 thread", "torchrun, 2 processes x 1 thread",
                                     "torchrun, 3 processes x 1 thread", "--shard 1/2 + 2/2 together, 1 thread each"]
     for row in rows[1:]:  # every split run: all 5 images, one grid, the one-thread run's pixels
         assert float(row[2]) > 0 and row[7:] == ["5", "1", "yes"], row
+
+
+def _smoke_section(name: str, tiny, tmp_path, heading: str) -> list[list[str]]:
+    """Run one section of the harness on the tiny model; its table's rows."""
+    out = tmp_path / f"{name}.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", name,
+         "--model", str(tiny("txt2img")), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _rows(out.read_text(), heading)
