@@ -22,6 +22,7 @@ except ImportError:
     from click import exceptions as click_exc
 
 from . import __version__, compat, config, options
+from .train_cli import train_app
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_STDOUT_CLOSED, EXIT_USAGE, SdcliError, StdoutClosed,
                      one_line, textsafe)
 
@@ -38,6 +39,7 @@ config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_hel
 watermark_app = typer.Typer(help="Invisible watermark tools.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(watermark_app, name="watermark")
+app.add_typer(train_app, name="train")
 
 O = typer.Option
 PROCESS = {"name": "sdcli"}  # how error lines start: sdcli[2/3] for a shard

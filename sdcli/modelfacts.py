@@ -19,6 +19,7 @@ class ModelFacts:
     text_width: Optional[int] = None
     text_layers: Optional[int] = None
     vocab: frozenset = frozenset()
+    image_size: Optional[int] = None  # the UNet's native image size in pixels (sample_size x the VAE's scale)
 
 
 def model_facts(source) -> ModelFacts:
@@ -39,8 +40,11 @@ def model_facts(source) -> ModelFacts:
     model = fast.get("model") if isinstance(fast.get("model"), dict) else {}
     vocab.update(model.get("vocab") or {})
     vocab.update(t.get("content", "") for t in fast.get("added_tokens") or [] if isinstance(t, dict))
+    vae_blocks = read("vae", "config.json").get("block_out_channels")
+    sample = unet.get("sample_size")
+    size = sample * 2 ** (len(vae_blocks) - 1) if isinstance(sample, int) and isinstance(vae_blocks, list) else None
     return ModelFacts(unet.get("cross_attention_dim") if isinstance(unet.get("cross_attention_dim"), int) else None,
-                      text.get("hidden_size"), text.get("num_hidden_layers"), frozenset(vocab))
+                      text.get("hidden_size"), text.get("num_hidden_layers"), frozenset(vocab), size)
 
 
 class LazyFacts:
