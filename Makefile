@@ -32,15 +32,20 @@ smoke: install
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build *.egg-info
 
-.PHONY: bench bench-smoke bench-demo demo-model
+.PHONY: bench bench-smoke bench-demo bench-train demo-model
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/demo_quality.py
+	$(BIN)/python benchmarks/train_concepts.py
 
 # Prompt adherence of the shipped demo models (the checker's tables in BENCHMARKS.md), ~5 min.
 bench-demo: install
 	$(BIN)/python benchmarks/demo_quality.py
+
+# Concept training on the demo model, measured by its checker (BENCHMARKS.md "Concept training"), ~4 min.
+bench-train: install
+	$(BIN)/python benchmarks/train_concepts.py
 
 # Retrain the demo family from scratch on the CPU (deterministic, one thread; ~1 h here) and replace the
 # shipped weights in sdcli/demo/weights. Checkpoints and logs go to demo-build/.

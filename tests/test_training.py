@@ -191,3 +191,10 @@ def test_earlier_checkpoints_need_resume_and_the_same_settings(sdcli, images, tm
     assert r.one_error(2, "holds checkpoints", "--resume") and r.loads == 0
     r = sdcli(*emb_args(images, out, "--steps", 4, "--resume", "--lr", "0.01"))
     assert r.one_error(2, "other settings") and r.loads == 0
+
+
+def test_mixed_precision_through_accelerate(sdcli, images, tmp_path):
+    out = tmp_path / "t.safetensors"
+    r = sdcli(*emb_args(images, out, "--steps", 2, "--precision", "bf16", "--device", "cpu", "--json"))
+    assert r.code == 0, r.err
+    assert tensors(out)["<my-thing>"].dtype.is_floating_point and json.loads(r.out)["status"] == "ok"

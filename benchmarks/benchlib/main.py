@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         res = json.loads(Path(args.render).read_text())
-        args.output.write_text(report(res))
+        args.output.write_text(keep_blocks(args.output, report(res)))
         log(f"wrote {args.output} from {args.render}")
         return 0
     t0 = time.perf_counter()
@@ -117,9 +117,19 @@ def main(argv=None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
-    args.output.write_text(report(res))
+    args.output.write_text(keep_blocks(args.output, report(res)))
     log(f"wrote {args.output} and {args.json} in {res['elapsed_s']:.0f}s")
     if bench.failures:
         log("unexpected exits:\n  " + "\n  ".join(bench.failures))
         return 1
     return 0
+
+
+def keep_blocks(output: Path, text: str) -> str:
+    """The report, followed by the blocks other scripts keep in the same file (demo_quality.py,
+    train_concepts.py: ``<!-- NAME:start -->`` ... ``<!-- NAME:end -->``), which a rewrite must not drop."""
+    import re
+
+    old = output.read_text() if output.exists() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", old, flags=re.S)]
+    return text.rstrip("\n") + "".join("\n\n" + b for b in kept) + "\n" if kept else text

@@ -57,6 +57,9 @@ class Trainer:
 
         runtime = models.resolve_runtime(run_cfg)
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no")
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)  # a process-wide singleton: a second training in one process (tests)
         self.acc = Accelerator(mixed_precision=mixed, cpu=runtime.device == "cpu")
         self.reporter.info(f"loading {source.name} on {self.acc.device} to train {'an embedding' if cfg.kind == 'embedding' else 'a LoRA'}"
                            f" ({len(examples)} image(s) at {cfg.resolution} px, {cfg.steps} steps)")
