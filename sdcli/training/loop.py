@@ -60,6 +60,8 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(True)  # a process-wide singleton: a second training in one process (tests)
+        if runtime.device.startswith("cuda:"):  # --device cuda:N: accelerate takes the current CUDA device
+            torch.cuda.set_device(int(runtime.device.split(":")[1]))
         self.acc = Accelerator(mixed_precision=mixed, cpu=runtime.device == "cpu")
         self.reporter.info(f"loading {source.name} on {self.acc.device} to train {'an embedding' if cfg.kind == 'embedding' else 'a LoRA'}"
                            f" ({len(examples)} image(s) at {cfg.resolution} px, {cfg.steps} steps)")

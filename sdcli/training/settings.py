@@ -3,7 +3,6 @@ the output file and its work folder, the token, the numbers. Pure but for readin
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +133,3 @@ def check_token(cfg: TrainConfig, vocab: frozenset) -> None:
     _require(f"{init}</w>" in vocab, f"--init-token {cfg.init_token}: not one token of the model's vocabulary; "
                                      "choose a common single word (e.g. toy, object, style)")
 
-
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)
