@@ -3,6 +3,7 @@ when a command runs). Errors go up to cli.main, the one place they become exit c
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import List, Optional
@@ -38,14 +39,6 @@ def _run(kind: str, values: dict) -> None:
         raise typer.Exit(130)
 
 
-def _shared(images, out, model, template, steps, lr, batch_size, resolution, flip, checkpoint_every,
-            validate_every, validation_prompt, validation_steps, seed, device, precision, resume, json_, quiet) -> dict:
-    return dict(images=images, out=out, model=model, template=template, steps=steps, lr=lr, batch_size=batch_size,
-                resolution=resolution, flip=flip, checkpoint_every=checkpoint_every, validate_every=validate_every,
-                validation_prompt=validation_prompt, validation_steps=validation_steps, seed=seed, device=device,
-                precision=precision, resume=resume, json=json_, quiet=quiet)
-
-
 IMAGES = O(..., "--images", help="Folder of the concept's images (.png/.jpg/.webp; optional caption x.txt beside x.png).")
 OUT = O(..., "--out", help="The result: NAME.safetensors.")
 MODEL = O("demo", "--model", "-m", help="Model to train on: a diffusers folder, hub id, single file, demo or tiny [demo].")
@@ -67,35 +60,40 @@ JSON = O(False, "--json", help="Print a JSON summary on stdout at the end.")
 QUIET = O(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
 
 
-@train_app.command("embedding", help="Learn a new token (textual inversion): only its embedding trains. " + COMMON)
-def embedding(images: str = IMAGES, token: str = O(..., "--token", help="The new token, e.g. '<my-thing>'."),
-              init_token: str = O(..., "--init-token", help="An existing one-token word its vectors start from."),
-              out: str = OUT, vectors: int = O(1, "--vectors", help="Vectors of the new token [1]."),
-              model: str = MODEL, template: Optional[List[str]] = TEMPLATE, steps: int = STEPS,
-              lr: Optional[float] = LR, batch_size: int = BATCH, resolution: Optional[int] = RES, flip: bool = FLIP,
-              checkpoint_every: int = CKPT, validate_every: Optional[int] = VAL, validation_prompt: Optional[str] = VALP,
-              validation_steps: int = VALS, seed: int = SEED, device: str = DEVICE, precision: str = PREC,
-              resume: bool = RESUME, json_: bool = JSON, quiet: bool = QUIET) -> None:
-    values = _shared(images, out, model, template, steps, lr, batch_size, resolution, flip, checkpoint_every,
-                     validate_every, validation_prompt, validation_steps, seed, device, precision, resume, json_, quiet)
-    _run("embedding", {**values, "token": token, "init_token": init_token, "vectors": vectors})
+# The options both commands take, after each command's own: (name, type, option).
+SHARED = [("model", str, MODEL), ("template", Optional[List[str]], TEMPLATE), ("steps", int, STEPS),
+          ("lr", Optional[float], LR), ("batch_size", int, BATCH), ("resolution", Optional[int], RES),
+          ("flip", bool, FLIP), ("checkpoint_every", int, CKPT), ("validate_every", Optional[int], VAL),
+          ("validation_prompt", Optional[str], VALP), ("validation_steps", int, VALS), ("seed", int, SEED),
+          ("device", str, DEVICE), ("precision", str, PREC), ("resume", bool, RESUME), ("json", bool, JSON),
+          ("quiet", bool, QUIET)]
+
+EMBEDDING = [("images", str, IMAGES), ("token", str, O(..., "--token", help="The new token, e.g. '<my-thing>'.")),
+             ("init_token", str, O(..., "--init-token", help="An existing one-token word its vectors start from.")),
+             ("out", str, OUT), ("vectors", int, O(1, "--vectors", help="Vectors of the new token [1]."))]
+LORA = [("images", str, IMAGES),
+        ("instance_prompt", str, O(..., "--instance-prompt", help="Prompt of your images, e.g. 'a photo of sks dog'.")),
+        ("out", str, OUT),
+        ("class_prompt", Optional[str], O(None, "--class-prompt", help="The class, e.g. 'a photo of a dog' (prior preservation).")),
+        ("prior_preservation", bool, O(False, "--prior-preservation", help="Also train on the model's own images of --class-prompt.")),
+        ("class_images", int, O(8, "--class-images", help="How many class images the model makes [8].")),
+        ("prior_weight", float, O(1.0, "--prior-weight", help="Weight of the class images' loss [1].")),
+        ("rank", int, O(4, "--rank", help="LoRA rank [4].")),
+        ("train_text_encoder", bool, O(False, "--train-text-encoder", help="Also LoRA layers on the text encoder."))]
 
 
-@train_app.command("lora", help="Train a LoRA on the UNet (and the text encoder), DreamBooth style. " + COMMON)
-def lora(images: str = IMAGES, instance_prompt: str = O(..., "--instance-prompt", help="Prompt of your images, e.g. 'a photo of sks dog'."),
-         out: str = OUT, class_prompt: Optional[str] = O(None, "--class-prompt", help="The class, e.g. 'a photo of a dog' (prior preservation)."),
-         prior_preservation: bool = O(False, "--prior-preservation", help="Also train on the model's own images of --class-prompt."),
-         class_images: int = O(8, "--class-images", help="How many class images the model makes [8]."),
-         prior_weight: float = O(1.0, "--prior-weight", help="Weight of the class images' loss [1]."),
-         rank: int = O(4, "--rank", help="LoRA rank [4]."),
-         train_text_encoder: bool = O(False, "--train-text-encoder", help="Also LoRA layers on the text encoder."),
-         model: str = MODEL, template: Optional[List[str]] = TEMPLATE, steps: int = STEPS,
-         lr: Optional[float] = LR, batch_size: int = BATCH, resolution: Optional[int] = RES, flip: bool = FLIP,
-         checkpoint_every: int = CKPT, validate_every: Optional[int] = VAL, validation_prompt: Optional[str] = VALP,
-         validation_steps: int = VALS, seed: int = SEED, device: str = DEVICE, precision: str = PREC,
-         resume: bool = RESUME, json_: bool = JSON, quiet: bool = QUIET) -> None:
-    values = _shared(images, out, model, template, steps, lr, batch_size, resolution, flip, checkpoint_every,
-                     validate_every, validation_prompt, validation_steps, seed, device, precision, resume, json_, quiet)
-    _run("lora", {**values, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-                  "prior_preservation": prior_preservation, "class_images": class_images, "prior_weight": prior_weight,
-                  "rank": rank, "train_text_encoder": train_text_encoder})
+def add_command(kind: str, help_text: str, own: list) -> None:
+    """Register ``sdcli train KIND`` with its own options, then the shared ones (one signature from the table)."""
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind_, default=option)
+              for name, kind_, option in own + SHARED]
+
+    def command(**values) -> None:
+        _run(kind, values)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    train_app.command(kind, help=help_text + " " + COMMON)(command)
+
+
+add_command("embedding", "Learn a new token (textual inversion): only its embedding trains.", EMBEDDING)
+add_command("lora", "Train a LoRA on the UNet (and the text encoder), DreamBooth style.", LORA)
