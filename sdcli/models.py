@@ -16,6 +16,7 @@ from .config import RunConfig
 from .errors import ModelUnavailable, UsageError, first_line, suggest
 from .files import folder_problem
 from .libraries import quiet_libraries
+from .precision import choose, unet_bytes
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -141,6 +142,7 @@ class Runtime:
 
     device: str
     precision: str
+    auto: str = ""  # why --precision auto picked the precision ("" when the user set it)
 
     @property
     def dtype(self):
@@ -153,16 +155,20 @@ class Runtime:
         return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
 
 
-def resolve_runtime(cfg: RunConfig, local_rank: Optional[int] = None) -> Runtime:
+def resolve_runtime(cfg: RunConfig, local_rank: Optional[int] = None, source: Optional[Source] = None) -> Runtime:
     """Device, precision and speed options that cannot work on this machine: a clear error before loading
     (``--dry-run`` included). Imports torch only to ask for a GPU. ``local_rank``: a launcher's process number
-    on this machine, which picks its GPU for --device auto or cuda."""
+    on this machine, which picks its GPU for --device auto or cuda; ``source``: the model, whose UNet size
+    --precision auto weighs on a CPU (precision.py)."""
     device = resolve_device(cfg.device)
     if device == "cuda" and local_rank is not None:
         import torch
 
         device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per task (CUDA_VISIBLE_DEVICES): cuda:0
-    runtime = Runtime(device, resolve_precision(cfg.precision, device))
+    precision = resolve_precision(cfg.precision, device)
+    weights = unet_bytes(source) if precision == "auto" and device == "cpu" and source is not None else None
+    choice = choose(precision, device, weights=weights)
+    runtime = Runtime(device, choice.precision, choice.auto)
     check_options(cfg, device)
     return runtime
 
@@ -203,9 +209,8 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto: fp16 on CUDA, fp32 elsewhere. fp16 on CPU is refused: most CPU kernels lack it."""
-    if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+    """The asked precision, checked: fp16 on CPU is refused (most CPU kernels lack it). ``auto`` stays auto:
+    precision.choose decides it."""
     if precision == "fp16" and device == "cpu":
         raise UsageError("--precision fp16: half precision is not supported on the CPU; use fp32 (or bf16)")
     return precision

@@ -38,10 +38,11 @@ class LoadedPipeline:
         cfg = p.cfg
         self.plan, self.reporter = p, reporter
         models.quiet_libraries()
-        runtime = p.runtime or models.resolve_runtime(cfg, p.shard.local_rank)
+        runtime = p.runtime or models.resolve_runtime(cfg, p.shard.local_rank, p.source)
         self.device, self.dtype = runtime.device, runtime.dtype
-        self.facts = RunFacts.of(p.task.name, p.source, self.device, runtime.dtype_name)
-        reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {runtime.dtype_name}")
+        self.facts = RunFacts.of(p.task.name, p.source, self.device, runtime.dtype_name, runtime.auto)
+        why = f" (--precision auto: {runtime.auto})" if runtime.auto else ""
+        reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {runtime.dtype_name}{why}")
         t0 = time.monotonic()
         p.source.materialize()
         self.checker = None

@@ -103,7 +103,7 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
         outdir = outdir_for(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
     # A dry run checks the device now; a real run does when it has taken its --resume lock (importing torch
     # to ask for a GPU costs a second or two), unless it needs no torch for that (--device cpu).
-    runtime = resolve_runtime(cfg, shard.local_rank) if dry_run or cfg.device == "cpu" else None
+    runtime = resolve_runtime(cfg, shard.local_rank, source) if dry_run or cfg.device == "cpu" else None
     if cfg.safety_checker:
         postprocess.find_checker(cfg.safety_checker_source, source)
     if shard.sharded:

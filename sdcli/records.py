@@ -23,11 +23,13 @@ class RunFacts:
     device: str = ""
     precision: str = ""
     model_sha256: Optional[str] = None  # of the weights file (a folder's UNet weights); see hashes.py
+    precision_auto: str = ""  # why --precision auto picked ``precision`` ("" when the user set it)
 
     @classmethod
-    def of(cls, task: str, source, device: str = "", precision: str = "") -> "RunFacts":
+    def of(cls, task: str, source, device: str = "", precision: str = "", precision_auto: str = "") -> "RunFacts":
         """From a ``models.Source``: a hub model is recorded by its id, local ones by the kind of source."""
-        return cls(task, source.name, source.location if source.kind == "hub" else source.kind, device, precision)
+        return cls(task, source.name, source.location if source.kind == "hub" else source.kind, device, precision,
+                   precision_auto=precision_auto)
 
     def base(self) -> dict[str, Any]:
         return {"sdcli_version": __version__, "task": self.task}
@@ -57,6 +59,7 @@ def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Option
         "model_sha256": facts.model_sha256,
         "device": facts.device,
         "precision": facts.precision,
+        "precision_auto": facts.precision_auto or None,
         "nsfw": nsfw,
         "watermark": watermark,
         "truncated": job.prompt in batch.truncated or job.negative_prompt in batch.truncated,

@@ -9,6 +9,7 @@ Load with ``CLIPTokenizer.from_pretrained(folder, model_max_length=77)``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..tiny import byte_alphabet
@@ -54,12 +55,14 @@ def write_tokenizer(folder: str | Path, words: list[str] | None = None) -> None:
     merges = build_merges(words or world.VOCAB)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>"}), encoding="utf-8")
+    files = {"vocab.json": json.dumps(vocab, ensure_ascii=False),
+             "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+             "special_tokens_map.json": json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                                                    "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})}
+    for name, text in files.items():  # atomically: two trainings may share a work folder
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / name)
 
 
 def load(folder: str | Path):

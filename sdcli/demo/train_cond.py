@@ -5,7 +5,10 @@ StableDiffusionInstructPix2PixPipeline builds them), trained on world.edit_pair 
 conditioning dropped independently (train_instruct_pix2pix.py: p < 0.1 drops text, 0.05 <= p < 0.15 the image).
 ``depth``: UNet with 5 in-channels (latents + depth map resized bicubically to 16x16 and min-max normalised
 to [-1, 1], as StableDiffusionDepth2ImgPipeline.prepare_depth_map does).
-Both start from the txt2img UNet with the extra conv_in channels zero-initialised, and fine-tune the text encoder.
+``inpaint``: UNet with 9 in-channels (latents + mask at latent size + latents of the masked image, as
+StableDiffusionInpaintPipeline builds them for an inpainting UNet), trained on world.inpaint_example.
+All start from the txt2img UNet with the extra conv_in channels zero-initialised (or continue a model of their
+own kind, ``init``), and fine-tune the text encoder.
 """
 
 from __future__ import annotations
@@ -47,7 +50,22 @@ def depth_input(depth: list) -> torch.Tensor:
     return 2.0 * (d - lo) / (hi - lo) - 1.0
 
 
-def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: Path, out: Path, eval_fn):
+IN_CHANNELS = {"pix2pix": 8, "depth": 5, "inpaint": 9}
+
+
+@torch.no_grad()
+def inpaint_inputs(vae, sources: list, masks: list, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask at latent size, scaled latents of the masked image), exactly as StableDiffusionInpaintPipeline makes
+    them: the masked pixels set to 0 in [-1, 1], the posterior sampled, the mask resized with "nearest"."""
+    m = torch.from_numpy(np.stack(masks)).float().unsqueeze(1)
+    x = train.to_tensor(sources) * (m < 0.5)
+    z = torch.cat([vae.encode(x[i:i + 256]).latent_dist.sample(gen) for i in range(0, len(x), 256)])
+    return F.interpolate(m, size=z.shape[-2:]), z * vae.config.scaling_factor
+
+
+def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: Path, out: Path, eval_fn,
+         init: Path | None = None):
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     train.seed_all(seed)
@@ -60,6 +78,12 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
         cond_img = train.encode(vae, [world.render(s)[0] for s, _, _ in pairs], scaled=False)
         latents = train.encode(vae, [world.render(t)[0] for _, _, t in pairs])
         texts = [p[1] for p in pairs]
+    elif kind == "inpaint":
+        ex = [world.inpaint_example(rng) for _ in range(pool)]
+        mask, masked = inpaint_inputs(vae, [e[2] for e in ex], [e[1] for e in ex], torch.Generator().manual_seed(seed))
+        cond_img = torch.cat([mask, masked], 1)
+        latents = train.encode(vae, [e[3] for e in ex])
+        texts = [e[0] for e in ex]
     else:
         scenes = world.scenes(seed + 200, pool, "train")
         renders = [world.render(s) for s in scenes]
@@ -68,8 +92,9 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
         texts = scenes
     logf = train.WORK / f"{kind}_log.jsonl"
     log(logf, stage=kind, pool=pool, encode_seconds=round(time.time() - t0, 1), steps=steps, bs=bs, lr=lr)
-    unet = widened_unet(8 if kind == "pix2pix" else 5, base)
-    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    start = init or base
+    unet = UNet2DConditionModel.from_pretrained(init / "unet") if init else widened_unet(IN_CHANNELS[kind], base)
+    text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder")
     noise_sched = train.make_scheduler("ddpm")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -88,7 +113,8 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
             keep = torch.tensor([0.0 if 0.05 <= q < 0.15 else 1.0 for q in p]).view(-1, 1, 1, 1)
             c = c * keep
         else:
-            prompts = ["" if rng.random() < 0.1 else world.random_prompt(rng, texts[i], 0.3, 0.3) for i in idx]
+            p_extra = 0.7 if kind == "inpaint" else 0.3  # size and position words kept with this probability
+            prompts = ["" if rng.random() < 0.1 else world.random_prompt(rng, texts[i], p_extra, p_extra) for i in idx]
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (bs,), generator=gen)
@@ -112,6 +138,10 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
 def build_pipeline(kind: str, vae, text_encoder, tok, unet):
     import diffusers
 
+    if kind == "inpaint":
+        return diffusers.StableDiffusionInpaintPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=train.make_scheduler("ddim"),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if kind == "pix2pix":
         return diffusers.StableDiffusionInstructPix2PixPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=train.make_scheduler("ddim"),
@@ -130,7 +160,7 @@ def build_pipeline(kind: str, vae, text_encoder, tok, unet):
 
 
 @torch.no_grad()
-def eval_pix2pix(pipe, n: int = 60, steps: int = 20) -> dict:
+def eval_pix2pix(pipe, n: int = 60, steps: int = 20, guidance: float = 4.0) -> dict:
     """Held-out edits (target triple held out): checker score of the edited image against the target prompt."""
     from . import checker
 
@@ -139,7 +169,7 @@ def eval_pix2pix(pipe, n: int = 60, steps: int = 20) -> dict:
     pairs = [world.edit_pair(rng, "heldout") for _ in range(n)]
     scores = []
     for i, (src, text, tgt) in enumerate(pairs):
-        im = pipe(text, image=world.render(src)[0], num_inference_steps=steps, guidance_scale=7.5,
+        im = pipe(text, image=world.render(src)[0], num_inference_steps=steps, guidance_scale=guidance,
                   image_guidance_scale=1.5, generator=torch.Generator().manual_seed(i)).images[0]
         scores.append(checker.check(im, world.prompt(tgt)))
     return {k: round(v, 3) for k, v in checker.summarize(scores).items()}
@@ -161,10 +191,45 @@ def eval_depth(pipe, n: int = 60, steps: int = 50) -> dict:
     return {k: round(v, 3) for k, v in checker.summarize(scores).items()}
 
 
-def train_pix2pix(steps: int = 800, bs: int = 64, lr: float = 5e-4, seed: int = 1, pool: int = 8000, base: Path | None = None):
-    return _fit("pix2pix", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", train.MODELS / "instruct-pix2pix",
-                eval_pix2pix)
+@torch.no_grad()
+def eval_inpaint(pipe, n: int = 60, steps: int = 50, guidance: float = 4.0) -> dict:
+    """Held-out scenes, right half masked, a new background asked for: % with the prompt's colour inside (the
+    median of the masked half) and the mean absolute change outside (pipeline output, before any paste-back)."""
+    from PIL import Image
+
+    from . import checker
+
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(6)
+    mask = np.zeros((world.SIZE, world.SIZE), np.uint8)
+    mask[:, world.SIZE // 2:] = 255
+    inside, outside = [], []
+    for i in range(n):
+        src = dict(world.sample_scene(rng, "any"), pos="left", size="small")
+        new_bg = rng.choice([c for c in world.COLORS if c not in (src["bg"], src["color"])])
+        before = world.render(src)[0]
+        im = pipe(world.prompt(dict(src, bg=new_bg), False, False), image=before, mask_image=Image.fromarray(mask),
+                  num_inference_steps=steps, guidance_scale=guidance, height=world.SIZE, width=world.SIZE,
+                  generator=torch.Generator().manual_seed(i)).images[0]
+        a, b = np.asarray(im, np.int16), np.asarray(before, np.int16)
+        outside.append(float(np.abs(a[:, :28] - b[:, :28]).mean()))
+        inside.append(checker.nearest_color(np.median(a[:, 36:].reshape(-1, 3), 0)) == new_bg)
+    return {"inside": round(float(np.mean(inside)), 3), "outside_abs": round(float(np.mean(outside)), 2)}
 
 
-def train_depth(steps: int = 600, bs: int = 64, lr: float = 5e-4, seed: int = 2, pool: int = 8000, base: Path | None = None):
-    return _fit("depth", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", train.MODELS / "depth2img", eval_depth)
+def train_pix2pix(steps: int = 800, bs: int = 64, lr: float = 5e-4, seed: int = 1, pool: int = 8000, base: Path | None = None,
+                  init: Path | None = None, out: Path | None = None):
+    return _fit("pix2pix", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "instruct-pix2pix",
+                eval_pix2pix, init)
+
+
+def train_inpaint(steps: int = 1000, bs: int = 64, lr: float = 5e-4, seed: int = 5, pool: int = 8000, base: Path | None = None,
+                  init: Path | None = None, out: Path | None = None):
+    return _fit("inpaint", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "inpaint",
+                eval_inpaint, init)
+
+
+def train_depth(steps: int = 600, bs: int = 64, lr: float = 5e-4, seed: int = 2, pool: int = 8000, base: Path | None = None,
+                init: Path | None = None, out: Path | None = None):
+    return _fit("depth", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "depth2img",
+                eval_depth, init)

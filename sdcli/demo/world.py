@@ -167,3 +167,44 @@ def heldout_prompts(n: int = 120, seed: int = 12345) -> list[tuple[str, dict]]:
         s = sample_scene(rng, "heldout")
         out.append((prompt(s, with_size=i % 3 != 2, with_pos=i % 4 != 3), s))
     return out
+
+
+def _box(x0: int, y0: int, x1: int, y1: int, res: int = SIZE) -> np.ndarray:
+    m = np.zeros((res, res), bool)
+    m[max(0, y0):min(res, y1), max(0, x0):min(res, x1)] = True
+    return m
+
+
+def inpaint_example(rng: random.Random, split: str = "train") -> tuple[dict, np.ndarray, Image.Image, Image.Image]:
+    """(scene the prompt describes, mask, source image, target image) for an inpainting model.
+
+    Masks: a half of the image, a random rectangle, a box around the shape, or everything. Half of the time the
+    prompt asks for something new inside the mask (another background colour; with a box around the shape also
+    another shape colour or shape): the target is then the source outside the mask and the new scene inside,
+    so the model learns to follow the prompt where it paints and to keep what it sees elsewhere."""
+    src = sample_scene(rng, split)
+    kind = rng.choices(range(4), weights=(3, 3, 3, 1))[0]
+    h = SIZE // 2
+    if kind == 0:
+        m = [_box(0, 0, h, SIZE), _box(h, 0, SIZE, SIZE), _box(0, 0, SIZE, h), _box(0, h, SIZE, SIZE)][rng.randrange(4)]
+    elif kind == 1:
+        w, hh = rng.randrange(16, 49), rng.randrange(16, 49)
+        x, y = rng.randrange(0, SIZE - w + 1), rng.randrange(0, SIZE - hh + 1)
+        m = _box(x, y, x + w, y + hh)
+    elif kind == 2:
+        ys, xs = np.nonzero(render(src)[2])
+        pad = rng.randrange(2, 7)
+        m = _box(xs.min() - pad, ys.min() - pad, xs.max() + 1 + pad, ys.max() + 1 + pad)
+    else:
+        m = np.ones((SIZE, SIZE), bool)
+    tgt = dict(src)
+    if rng.random() < 0.5:
+        change = rng.choice(["bg", "color", "shape"] if kind >= 2 else ["bg"])
+        if change == "shape":
+            tgt["shape"] = rng.choice([s for s in SHAPES if s != src["shape"]])
+        else:
+            tgt[change] = rng.choice([c for c in COLORS if c not in (src["color"], src["bg"])])
+    source = render(src)[0]
+    inside = render(tgt)[0]
+    target = Image.fromarray(np.where(m[..., None], np.asarray(inside), np.asarray(source)))
+    return tgt, m, source, target
