@@ -32,9 +32,20 @@ smoke: install
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build *.egg-info
 
-.PHONY: bench bench-smoke bench-demo bench-train demo-model
+.PHONY: bench bench-smoke bench-demo bench-train demo-model bench-peers-setup bench-peers
+
+# The peers of the bench's `peers` section, each in its own venv under ~/.cache/sdcli/bench/peers (OpenVINO via
+# optimum-intel ~1 min; stable-diffusion.cpp built from source on one core ~5 min). Idempotent. A peer that cannot
+# be installed is skipped by the section with the reason (the leading - in `bench` keeps the bench going).
+bench-peers-setup:
+	$(PYTHON) benchmarks/peers/setup.py all
+
+# The peers section and the physical limit alone, on their own page (default grid).
+bench-peers: install bench-peers-setup
+	$(BIN)/python benchmarks/bench.py --only peers,limits --output /tmp/sdcli-bench-peers.md
 
 bench: install
+	-$(PYTHON) benchmarks/peers/setup.py all
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/demo_quality.py
 	$(BIN)/python benchmarks/train_concepts.py

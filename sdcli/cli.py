@@ -85,7 +85,7 @@ def generate(task: str, values: dict[str, Any]) -> int:
         for line in p.dry_run():
             print(json.dumps(line))  # ASCII: safe for any prompt
         reporter.info(f"dry run: {len(p.jobs)} image(s) in {len(p.batches)} batch(es) into {p.outdir}, "
-                      f"model {p.source.name} ({p.source.kind})")
+                      f"model {p.source.name} ({p.source.kind}), {p.backend.describe()}")
         return EXIT_OK
     summary = runner.run(p, reporter)
     code = summary.exit_code

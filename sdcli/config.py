@@ -83,6 +83,7 @@ class RunConfig:
     # Where to run
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # torch, openvino (UNet and VAE through OpenVINO, CPU) or auto (backends.py)
 
     # Outputs
     outdir: Optional[str] = None  # None: outputs/<task>-samples
@@ -127,6 +128,7 @@ RESIZE_MODES = ("crop", "resize")
 IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}  # --format and its aliases
 TASK_NAMES = ("txt2img", "img2img", "inpaint", "depth2img", "instruct-edit")  # tasks.TASKS has the details
 OFFLOADS = ("none", "model", "sequential")
+BACKENDS = ("torch", "openvino", "auto")  # what runs the UNet and the VAE (backends.py)
 # Per-task defaults: the script each subcommand mirrors, where it differs from the RunConfig defaults (those
 # of CompVis scripts/txt2img.py). Merged below the YAML files, so configs, --set and flags override them.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -315,6 +317,8 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     _require(cfg.prompt_syntax in SYNTAXES, f"--prompt-syntax {cfg.prompt_syntax}: choose a1111, compel or none")
     _require(cfg.offload in OFFLOADS, f"--offload {cfg.offload}: choose none, model or sequential")
+    cfg.backend = str(cfg.backend).lower()
+    _require(cfg.backend in BACKENDS, f"--backend {cfg.backend}: unknown; choose torch, openvino or auto")
     if cfg.shard is not None:
         from . import shards
 

@@ -22,9 +22,10 @@ UNET_WEIGHTS = "diffusion_pytorch_model"
 CHUNK = 1 << 20
 
 
-def weights_files(folder: Path, variant: Optional[str] = None) -> list[Path]:
-    """The UNet weights of a diffusers folder (several files if sharded), or [] if there are none."""
-    unet = Path(folder) / "unet"
+def weights_files(folder: Path, variant: Optional[str] = None, part: str = "unet") -> list[Path]:
+    """The weights of a diffusers folder's ``part`` (its UNet unless told; several files if sharded), or []
+    if there are none."""
+    unet = Path(folder) / part
     stems = ([f"{UNET_WEIGHTS}.{variant}"] if variant else []) + [UNET_WEIGHTS]
     for ext in ("safetensors", "bin"):
         for stem in stems:
@@ -43,21 +44,22 @@ def weights_files(folder: Path, variant: Optional[str] = None) -> list[Path]:
     return []
 
 
-def source_files(source, variant: Optional[str] = None) -> list[Path]:
-    """The weights files of a ``models.Source`` (a hub model: from the local cache only)."""
+def source_files(source, variant: Optional[str] = None, part: str = "unet") -> list[Path]:
+    """The weights files of a ``models.Source``'s ``part`` (a single file: all of it; a hub model: from the
+    local cache only)."""
     if source.kind == "single_file":
         return [Path(source.location)]
     if source.kind == "folder":
-        return weights_files(Path(source.location), variant)
+        return weights_files(Path(source.location), variant, part)
     if source.kind == "hub":
         try:
             from huggingface_hub import snapshot_download
 
             folder = snapshot_download(source.location, local_files_only=True,
-                                       allow_patterns=["model_index.json", "unet/*"])
+                                       allow_patterns=["model_index.json", f"{part}/*"])
         except Exception:  # not cached: no hash rather than a download
             return []
-        return weights_files(Path(folder), variant)
+        return weights_files(Path(folder), variant, part)
     return []
 
 
@@ -74,6 +76,18 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
+def digest(files: list[Path], addnet: bool = False) -> str:
+    """The sha256 of the files' bytes one after the other, read now (no cache)."""
+    sha = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            if addnet:
+                fh.seek(8 + int.from_bytes(fh.read(8), "little"))
+            while chunk := fh.read(CHUNK):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
 def files_sha256(files: list[Path], cache: Optional[Path] = None, addnet: bool = False) -> str:
     """The sha256 of the files' bytes one after the other; from the cache if no file changed since.
     ``addnet``: A1111's hash of a LoRA .safetensors ("addnet hash"): its bytes after the JSON header."""
@@ -83,14 +97,7 @@ def files_sha256(files: list[Path], cache: Optional[Path] = None, addnet: bool =
     entry = _read_cache(cache).get(key)
     if isinstance(entry, dict) and entry.get("stamps") == stamps and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            if addnet:
-                fh.seek(8 + int.from_bytes(fh.read(8), "little"))
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-    sha = digest.hexdigest()
+    sha = digest(files, addnet)
     try:
         from .outputs import write_exact
 

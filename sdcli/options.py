@@ -55,6 +55,7 @@ SHARED = [
     Opt("prompt_syntax", str, ("--prompt-syntax",), "a1111 ((word:1.3), (word), [word], BREAK; long prompts in 75-token chunks), compel, or none (plain, cut at 75 tokens) [a1111]."),
     Opt("device", str, ("--device",), "auto, cpu, cuda, cuda:N or mps [auto]."),
     Opt("precision", str, ("--precision",), "auto, fp32, fp16, bf16 (autocast = auto, full = fp32) [auto]."),
+    Opt("backend", str, ("--backend",), "What runs the UNet and the VAE: torch, openvino (CPU; pip install 'sdcli[openvino]') or auto (openvino on the CPU for a UNet of 256 MiB or more when installed, else torch) [auto]."),
     Opt("skip_grid", bool, ("--skip-grid", "--skip_grid",), "Do not write the grid."),
     Opt("skip_save", bool, ("--skip-save", "--skip_save",), "Do not write individual samples."),
     Opt("format", str, ("--format",), "Image files of samples and grids: png, jpg or webp (metadata in EXIF as A1111 writes it) [png]."),

@@ -40,9 +40,16 @@ class LoadedPipeline:
         models.quiet_libraries()
         runtime = p.runtime or models.resolve_runtime(cfg, p.shard.local_rank, p.source)
         self.device, self.dtype = runtime.device, runtime.dtype
+        self.backend = p.backend.name
+        if self.backend == "openvino":  # what stays on torch runs in fp32; the precision is OpenVINO's (its hint)
+            import torch
+
+            self.dtype = torch.float32
         self.facts = RunFacts.of(p.task.name, p.source, self.device, runtime.dtype_name, runtime.auto)
         why = f" (--precision auto: {runtime.auto})" if runtime.auto else ""
         reporter.info(f"loading {p.source.name} ({p.source.kind}) on {self.device}, {runtime.dtype_name}{why}")
+        self.facts = dataclasses.replace(self.facts, backend=self.backend)
+        reporter.info(p.backend.describe())
         t0 = time.monotonic()
         p.source.materialize()
         self.checker = None
@@ -54,6 +61,8 @@ class LoadedPipeline:
         self.facts = dataclasses.replace(self.facts, model_sha256=hashes.model_sha256(p.source, getattr(cfg, "variant", None)))
         self.load_concepts(p)
         models.apply_options(self.pipe, cfg, self.device)
+        if self.backend == "openvino":
+            self.swap_openvino(p, runtime.precision)
         if cfg.compile:
             models.compile_unet(self.pipe, self.device)
         reporter.info(f"loaded in {time.monotonic() - t0:.1f}s")
@@ -75,15 +84,25 @@ class LoadedPipeline:
         cfg, rc = p.cfg, p.concepts
         t0 = time.monotonic()
         embeddings.load_all(self.pipe, rc.embeddings, cfg.allow_unsafe_pickle)
-        self.adapters = adapters.Adapters(self.pipe, rc.loras, cfg.allow_unsafe_pickle, cfg.fuse_lora) \
-            if rc.loras else None
+        fuse = cfg.fuse_lora or self.backend == "openvino"  # OpenVINO converts the UNet with its LoRAs fused in
+        self.adapters = adapters.Adapters(self.pipe, rc.loras, cfg.allow_unsafe_pickle, fuse) if rc.loras else None
         self.vaes = {cfg.vae: self.pipe.vae}
         for spec in rc.vaes:
             self.vaes[spec] = concepts.load_vae(dataclasses.replace(cfg, vae=spec), p.source, self.dtype).to(self.device)
         self.encoder = PromptEncoder(self.pipe)
         if not rc.empty:
             self.reporter.info(f"loaded {len(rc.loras)} LoRA(s), {len(rc.embeddings)} embedding(s), {len(rc.vaes)} "
-                               f"extra VAE(s) in {time.monotonic() - t0:.1f}s" + (" (LoRAs fused)" if cfg.fuse_lora else ""))
+                               f"extra VAE(s) in {time.monotonic() - t0:.1f}s" + (" (LoRAs fused)" if fuse and rc.loras else ""))
+
+    def swap_openvino(self, p: Plan, precision: str) -> None:
+        """--backend openvino: the UNet and every VAE of the run replaced by their OpenVINO conversions."""
+        from . import openvino_backend
+
+        self.vaes = openvino_backend.swap(
+            self.pipe, self.vaes, precision=precision, source=p.source, variant=p.cfg.variant,
+            unet_sha256=self.facts.model_sha256, loras=[[r.sha256, r.weight] for r in p.concepts.loras],
+            encoder=p.task.name != "txt2img", log=self.reporter.info, warn=self.reporter.warn)
+        self.pipe.vae = self.vaes[p.cfg.vae]
 
     def settle_model_eta(self) -> None:
         """``--scheduler model``: only now is it known whether the model's scheduler uses eta. If it does not,

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import concepts, outputs, postprocess, prompts, shards, tasks
+from . import backends, concepts, outputs, postprocess, prompts, shards, tasks
 from .config import RunConfig
 from .errors import UsageError
 from .models import Runtime, Source, resolve_runtime, resolve_source
+from .precision import unet_bytes
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # for the user (the CLI prints them as info)
     warnings: list[str] = field(default_factory=list)
     shard: shards.Shard = field(default_factory=shards.Shard)  # this process's share (scale-out)
+    backend: backends.Backend = field(default_factory=lambda: backends.Backend("torch"))  # what runs UNet and VAE
 
     @property
     def share(self) -> list[list[prompts.Job]]:
@@ -63,9 +65,10 @@ class Plan:
 
 
 def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
-    """Everything that can be checked before the model loads: prompts, inputs, outdir, model source, device
-    and precision, the safety checker. A real run creates the outdir; a dry run creates nothing."""
+    """Everything that can be checked before the model loads: prompts, inputs, outdir, model source, device,
+    precision and backend, the safety checker. A real run creates the outdir; a dry run creates nothing."""
     outdir_for = outputs.check_outdir if dry_run else outputs.prepare_outdir
+    cfg = backends.settle_device(cfg)
     task = tasks.get(cfg.task)
     task.check(cfg)
     notes = []
@@ -103,9 +106,14 @@ def plan(cfg: RunConfig, dry_run: bool = False) -> Plan:
         outdir = outdir_for(cfg.outdir or task.outdir, need_samples=not cfg.skip_save)
     # A dry run checks the device now; a real run does when it has taken its --resume lock (importing torch
     # to ask for a GPU costs a second or two), unless it needs no torch for that (--device cpu).
-    runtime = resolve_runtime(cfg, shard.local_rank, source) if dry_run or cfg.device == "cpu" else None
+    # Any backend but torch needs the device now (--backend openvino: the CPU only).
+    # --backend auto weighs the UNet's size first (no torch): a small one stays on torch whatever the device.
+    weights = unet_bytes(source) if cfg.backend == "auto" else None
+    needs_device = cfg.backend == "openvino" or (cfg.backend == "auto" and backends.large(weights))
+    runtime = resolve_runtime(cfg, shard.local_rank, source) if dry_run or cfg.device == "cpu" or needs_device else None
+    backend = backends.choose(cfg, runtime.device if runtime else "", jobs, weights)
     if cfg.safety_checker:
         postprocess.find_checker(cfg.safety_checker_source, source)
     if shard.sharded:
         notes.append(f"{shard.describe()}: {sum(map(len, shard.share(batches)))} of the run's {len(jobs)} image(s)")
-    return Plan(cfg, task, jobs, batches, outdir, source, runtime, run_concepts, notes, warnings, shard)
+    return Plan(cfg, task, jobs, batches, outdir, source, runtime, run_concepts, notes, warnings, shard, backend)

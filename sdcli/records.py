@@ -24,6 +24,7 @@ class RunFacts:
     precision: str = ""
     model_sha256: Optional[str] = None  # of the weights file (a folder's UNet weights); see hashes.py
     precision_auto: str = ""  # why --precision auto picked ``precision`` ("" when the user set it)
+    backend: str = ""  # what ran the UNet and the VAE: torch or openvino (backends.py)
 
     @classmethod
     def of(cls, task: str, source, device: str = "", precision: str = "", precision_auto: str = "") -> "RunFacts":
@@ -60,6 +61,7 @@ def image_record(facts: RunFacts, job: Job, batch, nsfw: bool, watermark: Option
         "device": facts.device,
         "precision": facts.precision,
         "precision_auto": facts.precision_auto or None,
+        "backend": facts.backend,
         "nsfw": nsfw,
         "watermark": watermark,
         "truncated": job.prompt in batch.truncated or job.negative_prompt in batch.truncated,

@@ -99,3 +99,28 @@ def _smoke_section(name: str, tiny, tmp_path, heading: str) -> list[list[str]]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _rows(out.read_text(), heading)
+
+
+@pytest.mark.slow
+def test_bench_smoke_peers_and_limits(tiny, tmp_path):
+    """The peers section (issue 14) with the entries that need no peer venv, and the physical limit, which counts
+    the model's FLOPs, measures the CPU's peak and turns the peers' times into fractions of it."""
+    out = tmp_path / "peers.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "peers,limits",
+         "--model", str(tiny("txt2img")), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads(out.with_suffix(".json").read_text())["sections"]
+    rows = {r["key"]: r for c in raw["peers"]["cells"] for r in c["rows"]}
+    assert {"sdcli", "reference"} <= set(rows)
+    for r in rows.values():
+        assert r["rc"] == [0] and r["per_image_s"] and r["per_image_s"][0] > 0, r
+    assert rows["reference"]["pixels"]["max_abs_diff"] == 0  # the same work as sdcli fp32, pixel for pixel
+    lim = raw["limits"]
+    assert all(f["unet_cfg_step"] > 0 and f["vae_decode"] > 0 for f in lim["flops"].values())
+    assert all(lim["peak_gflops"][p]["conv3x3"] > 0 for p in ("fp32", "bf16"))
+    assert {e["label"] for e in lim["entries"]} >= {rows["sdcli"]["label"].rsplit(" [", 1)[0]}
+    text = out.read_text()
+    assert "## Physical limit" in text and "## Fraction of the limit" in text

@@ -259,10 +259,10 @@ def test_instruct_edit_runs_on_the_demo_model(sdcli, tmp_path):
 # ------------------------------------------------------------------------------------------------ training
 @pytest.mark.slow
 def test_training_path_runs_and_is_deterministic(tmp_path):
-    """A few steps of each stage `make demo-model` runs (VAE, txt2img, depth), twice for txt2img: the same
+    """A few steps of each stage `make demo-model` runs (VAE, txt2img, depth, inpaint), twice for txt2img: the same
     seed gives bit-identical weights, and plain diffusers loads what it saved."""
     import torch
-    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
+    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from sdcli.demo import train, train_cond
@@ -281,6 +281,15 @@ def test_training_path_runs_and_is_deterministic(tmp_path):
         pipe.tokenizer.bos_token_id, *pipe.tokenizer.convert_tokens_to_ids(["a</w>", "red</w>"])]
     train_cond._fit("depth", 2, 4, 1e-4, 0, 8, tmp_path / "t0", tmp_path / "depth", lambda p: {})
     assert StableDiffusionDepth2ImgPipeline.from_pretrained(tmp_path / "depth").unet.config.in_channels == 5
+    train_cond._fit("inpaint", 2, 4, 1e-4, 0, 8, tmp_path / "t0", tmp_path / "inpaint", lambda p: {})
+    first = load_file(tmp_path / "inpaint" / "unet" / "diffusion_pytorch_model.safetensors")
+    # a second phase continues the first (its 9-channel UNet and its text encoder), as make demo-model does
+    train_cond._fit("inpaint", 2, 4, 1e-4, 1, 8, tmp_path / "t0", tmp_path / "inpaint2", lambda p: {},
+                    init=tmp_path / "inpaint")
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "inpaint2")
+    assert pipe.unet.config.in_channels == 9
+    assert not torch.equal(pipe.unet.conv_in.weight[:, 4:], torch.zeros_like(pipe.unet.conv_in.weight[:, 4:]))
+    assert first.keys() == pipe.unet.state_dict().keys()
 
 
 def test_model_demo_brings_its_preset_under_the_users_settings(sdcli, tmp_path):

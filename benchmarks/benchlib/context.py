@@ -29,6 +29,7 @@ class Bench(Runner):
         self.overhead_specs: Optional[dict[str, Spec]] = None  # set by the overhead section, reused by memory
         self.device: Optional[str] = None  # the device sdcli reported (overhead section)
         self._cuda: Optional[bool] = None
+        self.results: Optional[dict] = None  # the sections measured so far in this run (main.py)
 
     def out(self, name: str) -> Path:
         return self.tmp / name
@@ -96,7 +97,8 @@ class Bench(Runner):
         return [SDCLI, "txt2img", "--model", self.model, "--prompt", prompt, "--steps", str(a.steps),
                 "--H", str(a.size), "--W", str(a.size), "--n_samples", "1", "--n_iter", "1", "--seed", str(seed),
                 "--scheduler", "ddim", "--safety-checker" if safety else "--no-safety-checker",
-                "--watermark" if watermark else "--no-watermark", "--skip-grid", "--outdir", outdir, *extra]
+                "--watermark" if watermark else "--no-watermark", "--skip-grid", "--outdir", outdir,
+                *([] if "--precision" in extra else ["--precision", "fp32"]), *extra]  # fp32 as the script
 
     def reference(self, out_png: str) -> list[str]:
         a = self.args

@@ -41,6 +41,9 @@ def parse_args(argv=None):
     ap.add_argument("--retries", type=int, default=3, help="repeats of a noisy run [3]")
     ap.add_argument("--wait-quiet", type=float, default=300,
                     help="before each run, wait up to this many seconds for other processes to use <= --max-noise cores [300]")
+    ap.add_argument("--peers-grid", help="peers: cells SIZE:STEPS:BATCH[=entry+entry...], comma-separated [the section's default]")
+    ap.add_argument("--peers-entries", help="peers: only these entries, comma-separated [all]")
+    ap.add_argument("--peers-runs", type=int, help="peers: runs per entry and cell [1]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary output folder")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown (--output) from a results JSON")
     a = ap.parse_args(argv)
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
                         "steps": args.steps, "size": args.size, "sections": list(args.sections),
                         "max_noise": args.max_noise, "retries": args.retries, "wait_quiet": args.wait_quiet},
            "sections": {}}
+    bench.results = res["sections"]  # a later section may use an earlier one's numbers (limits: peers' times)
     try:
         for name, section in SECTIONS.items():
             if name in args.sections:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-# task -> the folder that serves it: img2img and inpaint run on the txt2img model (a 4-channel UNet)
-FOLDERS = {"txt2img": "txt2img", "img2img": "txt2img", "inpaint": "txt2img", "depth2img": "depth2img",
+# task -> the folder that serves it: img2img runs on the txt2img model, inpaint on its 9-channel inpainting model
+FOLDERS = {"txt2img": "txt2img", "img2img": "txt2img", "inpaint": "inpaint", "depth2img": "depth2img",
            "instruct-edit": "instruct-pix2pix"}
 SIZE = 64  # the family's native image size (16x16 latents)
 

@@ -1,9 +1,9 @@
 """Retrain the whole demo family from scratch, deterministically, and report the time of each stage.
 
-    python -m sdcli.demo.family [--work DIR] [--export DIR] [stage ...]   # stages: vae txt2img pix2pix depth
+    python -m sdcli.demo.family [--work DIR] [--export DIR] [stage ...]   # stages: vae txt2img pix2pix depth inpaint
 
 (``make demo-model`` runs all stages and exports into sdcli/demo/weights.) Outputs: WORK/vae (shared VAE),
-WORK/models/{txt2img,instruct-pix2pix,depth2img} (diffusers folders), logs in WORK/*_log.jsonl, stage times in
+WORK/models/{txt2img,instruct-pix2pix,depth2img,inpaint} (diffusers folders), logs in WORK/*_log.jsonl, stage times in
 WORK/family_times.json; ``--export`` then writes the shipped copy (UNet and VAE weights in float16).
 """
 
@@ -38,11 +38,26 @@ def txt2img() -> None:
                         out=w / "txt2img_p2")
     train.train_txt2img(steps=400, lr=2e-4, seed=3, eval_every=200, init=w / "txt2img_p2", tag="txt2img_p3",
                         out=train.MODELS / "txt2img", snr_gamma=0)
-STAGES = {"vae": vae, "txt2img": txt2img, "pix2pix": lambda: train_cond.train_pix2pix(base=train.WORK / "txt2img_p2"),
-          "depth": lambda: train_cond.train_depth(base=train.WORK / "txt2img_p2")}
+def pix2pix() -> None:
+    """Phase 1 (800 steps, lr 5e-4) widens the phase-2 txt2img UNet to 8 channels; phase 2 (2000 steps, lr 3e-4)
+    continues it: the image conditioning (keep what the instruction does not change) is learned slowly."""
+    w = train.WORK
+    train_cond.train_pix2pix(base=w / "txt2img_p2", out=w / "pix2pix_p1")
+    train_cond.train_pix2pix(steps=2000, lr=3e-4, seed=4, init=w / "pix2pix_p1")
 
 
-FAMILY = ("txt2img", "instruct-pix2pix", "depth2img")
+def depth() -> None:
+    """Phase 1 (600 steps, lr 5e-4) widens the phase-2 txt2img UNet to 5 channels; phase 2 (800 steps, lr 3e-4)."""
+    w = train.WORK
+    train_cond.train_depth(base=w / "txt2img_p2", out=w / "depth_p1")
+    train_cond.train_depth(steps=800, lr=3e-4, seed=6, init=w / "depth_p1")
+
+
+STAGES = {"vae": vae, "txt2img": txt2img, "pix2pix": pix2pix, "depth": depth,
+          "inpaint": lambda: train_cond.train_inpaint(steps=1200)}  # 9 channels, from the finished txt2img model
+
+
+FAMILY = ("txt2img", "instruct-pix2pix", "depth2img", "inpaint")
 
 
 def export(models: Path, dest: Path) -> int:
@@ -61,6 +76,10 @@ def export(models: Path, dest: Path) -> int:
         for part in ("unet", "vae"):
             f = tmp / name / part / "diffusion_pytorch_model.safetensors"
             save_file({k: v.to(torch.float16) for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
+            cfg = tmp / name / part / "config.json"  # a continued phase records where it was loaded from
+            data = json.loads(cfg.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())

@@ -64,7 +64,7 @@ def inpaint_inputs(vae, sources: list, masks: list, gen: torch.Generator) -> tup
 
 
 def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: Path, out: Path, eval_fn,
-         init: Path | None = None):
+         init: Path | None = None, x0_cap: float = 0.0):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -120,7 +120,11 @@ def _fit(kind: str, steps: int, bs: int, lr: float, seed: int, pool: int, base: 
         t = torch.randint(0, 1000, (bs,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
         pred = unet(torch.cat([xt, c], 1), t, text_encoder(train.token_ids(tok, prompts))[0]).sample
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * train.snr_weights(noise_sched, t)).mean()
+        w = train.snr_weights(noise_sched, t)
+        if x0_cap:  # at least the x0 error's weight at high noise, where copying the conditioning image pays
+            ac = noise_sched.alphas_cumprod[t]
+            w = torch.maximum(w, ((1 - ac) / ac).clamp(max=x0_cap))
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
@@ -218,18 +222,18 @@ def eval_inpaint(pipe, n: int = 60, steps: int = 50, guidance: float = 4.0) -> d
 
 
 def train_pix2pix(steps: int = 800, bs: int = 64, lr: float = 5e-4, seed: int = 1, pool: int = 8000, base: Path | None = None,
-                  init: Path | None = None, out: Path | None = None):
+                  init: Path | None = None, out: Path | None = None, x0_cap: float = 0.0):
     return _fit("pix2pix", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "instruct-pix2pix",
-                eval_pix2pix, init)
+                eval_pix2pix, init, x0_cap)
 
 
 def train_inpaint(steps: int = 1000, bs: int = 64, lr: float = 5e-4, seed: int = 5, pool: int = 8000, base: Path | None = None,
-                  init: Path | None = None, out: Path | None = None):
+                  init: Path | None = None, out: Path | None = None, x0_cap: float = 0.0):
     return _fit("inpaint", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "inpaint",
-                eval_inpaint, init)
+                eval_inpaint, init, x0_cap)
 
 
 def train_depth(steps: int = 600, bs: int = 64, lr: float = 5e-4, seed: int = 2, pool: int = 8000, base: Path | None = None,
-                init: Path | None = None, out: Path | None = None):
+                init: Path | None = None, out: Path | None = None, x0_cap: float = 0.0):
     return _fit("depth", steps, bs, lr, seed, pool, base or train.MODELS / "txt2img", out or train.MODELS / "depth2img",
-                eval_depth, init)
+                eval_depth, init, x0_cap)

@@ -22,6 +22,7 @@ OPTIONS = [
     ("channels last", ["--channels-last"]),
     ("torch.compile", ["--compile"]),
     ("bf16", ["--precision", "bf16"]),
+    ("--precision auto (the default)", ["--precision", "auto"]),
 ]
 OFFLOAD = ("model offload", ["--offload", "model"])
 COMPILE_RE = re.compile(r"compiled the UNet in ([0-9.]+)s")
