@@ -118,6 +118,9 @@ def test_bench_smoke_peers_and_limits(tiny, tmp_path):
     for r in rows.values():
         assert r["rc"] == [0] and r["per_image_s"] and r["per_image_s"][0] > 0, r
     assert rows["reference"]["pixels"]["max_abs_diff"] == 0  # the same work as sdcli fp32, pixel for pixel
+    # sdcli's defaults keep a tiny UNet on torch in fp32 (auto converts only large ones), and the row says so
+    assert rows["sdcli-default"]["detail"]["ran"] == "torch, float32"
+    assert rows["sdcli-default"]["pixels"]["max_abs_diff"] == 0
     lim = raw["limits"]
     assert all(f["unet_cfg_step"] > 0 and f["vae_decode"] > 0 for f in lim["flops"].values())
     assert all(lim["peak_gflops"][p]["conv3x3"] > 0 for p in ("fp32", "bf16"))

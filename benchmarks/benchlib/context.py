@@ -98,7 +98,8 @@ class Bench(Runner):
                 "--H", str(a.size), "--W", str(a.size), "--n_samples", "1", "--n_iter", "1", "--seed", str(seed),
                 "--scheduler", "ddim", "--safety-checker" if safety else "--no-safety-checker",
                 "--watermark" if watermark else "--no-watermark", "--skip-grid", "--outdir", outdir,
-                *([] if "--precision" in extra else ["--precision", "fp32"]), *extra]  # fp32 as the script
+                *([] if "--precision" in extra else ["--precision", "fp32"]),  # fp32 and torch, as the script
+                *([] if "--backend" in extra else ["--backend", "torch"]), *extra]
 
     def reference(self, out_png: str) -> list[str]:
         a = self.args

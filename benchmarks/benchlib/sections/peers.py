@@ -11,6 +11,7 @@ Options (environment variables, or the same-named bench.py flags where main.py d
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -28,7 +29,10 @@ NAME = "peers"
 PEERS_DIR = HERE / "peers"
 # key -> (label, peer venv or None for sdcli's, how the command is made)
 ENTRIES = {
-    "sdcli": ("sdcli (fp32)", None), "sdcli-bf16": ("sdcli --precision bf16", None),
+    "sdcli-default": ("sdcli, its defaults (--backend auto --precision auto)", None),
+    "sdcli": ("sdcli --backend torch (fp32)", None), "sdcli-bf16": ("sdcli --backend torch --precision bf16", None),
+    "sdcli-ov": ("sdcli --backend openvino (fp32)", None),
+    "sdcli-ov-bf16": ("sdcli --backend openvino --precision bf16", None),
     "reference": ("diffusers reference script (fp32)", None),
     "ov-f32": ("OpenVINO fp32", "optimum"), "ov-bf16": ("OpenVINO bf16 compute", "optimum"),
     "ov-int8": ("OpenVINO int8 weights, f32 compute", "optimum"),
@@ -36,11 +40,15 @@ ENTRIES = {
     "sdcpp-q4_0": ("sd.cpp q4_0", "sdcpp"),
 }
 DEFAULT_ENTRIES = [k for k in ENTRIES if k != "sdcpp-q4_0"]
-PYTORCH_OV = "sdcli+sdcli-bf16+reference+ov-f32+ov-bf16+ov-int8"
+PYTORCH_OV = "sdcli-default+sdcli+sdcli-bf16+sdcli-ov+reference+ov-f32+ov-bf16+ov-int8"
 # ~30-40 min on 2 cores: every entry at the cheapest cell; the batch of 4 and 512 px without sd.cpp (minutes per
 # image there); 512 px x 20 steps (PyTorch fp32 ~140 s an image) for the fast ones only.
-DEFAULT_GRID = f"256:4:1,256:4:4={PYTORCH_OV},512:4:1={PYTORCH_OV},512:20:1=sdcli+sdcli-bf16+ov-bf16+ov-int8"
-SMOKE_GRID = "64:2:1=sdcli+reference"
+DEFAULT_GRID = (f"256:4:1,256:4:4={PYTORCH_OV},512:4:1={PYTORCH_OV},"
+                "512:20:1=sdcli-default+sdcli+sdcli-bf16+ov-bf16+ov-int8")
+SMOKE_GRID = "64:2:1=sdcli+reference+sdcli-default"
+SDCLI_FLAGS = {"sdcli-default": ["--backend", "auto", "--precision", "auto"], "sdcli": [],
+               "sdcli-bf16": ["--precision", "bf16"], "sdcli-ov": ["--backend", "openvino"],
+               "sdcli-ov-bf16": ["--backend", "openvino", "--precision", "bf16"]}
 
 
 def option(bench: Bench, name: str, default: str) -> str:
@@ -64,7 +72,7 @@ def parse_grid(text: str, allowed: list[str]) -> list[dict]:
 def command(bench: Bench, key: str, c: dict, out: Path) -> list[str]:
     size, steps, batch = str(c["size"]), str(c["steps"]), str(c["batch"])
     if key.startswith("sdcli"):
-        cmd = bench.sdcli_gen(str(out), "--json", *(["--precision", "bf16"] if key == "sdcli-bf16" else []))
+        cmd = bench.sdcli_gen(str(out), "--json", *SDCLI_FLAGS[key])
         for flag, value in (("--steps", steps), ("--H", size), ("--W", size), ("--n_samples", batch)):
             cmd[cmd.index(flag) + 1] = value
         return cmd
@@ -192,6 +200,11 @@ def _row(key: str, s: Spec, c: dict, base: list[Path], bench: Bench) -> dict:
     extra = reports[0] if reports else {}
     row["detail"] = {k: extra.get(k) for k in ("unet_inference_precision", "threads", "ir_const_types", "version",
                                                "openvino", "sampler", "import_s") if extra.get(k) is not None}
+    if sdcli:  # what sdcli ran (auto's choices): from its manifest
+        line = next(iter((bench.out(f"peers-{c['name']}-{key}-0") / "manifest.jsonl").read_text().splitlines()), "") \
+            if (bench.out(f"peers-{c['name']}-{key}-0") / "manifest.jsonl").is_file() else ""
+        rec = json.loads(line) if line else {}
+        row["detail"]["ran"] = f"{rec.get('backend', '?')}, {rec.get('precision', '?')}" if rec else None
     return row
 
 
@@ -207,6 +220,8 @@ def render(d: dict) -> list[str]:
             img = ("(the reference)" if px is None else f"n/a ({px.get('note')})" if px.get("max_abs_diff") is None
                    else "identical" if px["max_abs_diff"] == 0 else f"max {px['max_abs_diff']} / mean {px['mean_abs_diff']}")
             notes = []
+            if (r.get("detail") or {}).get("ran"):
+                notes.append(f"ran {r['detail']['ran']}")
             if r.get("compile_s"):
                 notes.append(f"load includes compile {fmt_s(_med(r['compile_s']))}s")
             if r.get("error"):
