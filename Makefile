@@ -58,7 +58,7 @@ bench-demo: install
 bench-train: install
 	$(BIN)/python benchmarks/train_concepts.py
 
-# Retrain the demo family from scratch on the CPU (deterministic, one thread; ~1 h here) and replace the
+# Retrain the demo family from scratch on the CPU (deterministic, one thread; ~2 h here) and replace the
 # shipped weights in sdcli/demo/weights. Checkpoints and logs go to demo-build/.
 demo-model: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m sdcli.demo.family --work demo-build --export sdcli/demo/weights

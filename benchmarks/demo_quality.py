@@ -34,6 +34,7 @@ torch.set_num_threads(1)
 START, END = "<!-- demo-quality:start -->", "<!-- demo-quality:end -->"
 PRESET = __import__("yaml").safe_load((ROOT / "configs" / "demo.yaml").read_text())  # sdcli's --model demo settings
 SCALE = float(PRESET["scale"])
+IMAGE_SCALE = float(PRESET.get("image_guidance_scale", 1.5))  # instruct-edit's --cfg-image under --model demo
 ATTRS = ("bg", "color", "shape", "size", "pos", "all")
 
 
@@ -127,7 +128,7 @@ def instruct_edit(n: int) -> dict:
     for i in range(n):
         src, text, tgt = world.edit_pair(rng, "heldout")
         im = p(text, image=world.render(src)[0], num_inference_steps=PRESET["steps"], guidance_scale=SCALE,
-               image_guidance_scale=1.5, generator=gens(1, i)).images[0]  # sdcli's defaults (--cfg-image 1.5)
+               image_guidance_scale=IMAGE_SCALE, generator=gens(1, i)).images[0]  # sdcli's demo defaults
         m = checker.measure(im)
         changed = [a for a in ("color", "bg", "shape") if src[a] != tgt[a]]
         edited.append(all(m.get(a) == tgt[a] for a in changed))
@@ -165,7 +166,7 @@ def markdown(r: dict) -> str:
           f"| | prompt's colour inside the mask | {i['inside_bg']} % | 90 % |",
           f"| depth2img with the scene's depth map | silhouette IoU | {d['silhouette_iou']} | 0.8 |",
           f"| | colours from the prompt | {d['colours']} % | 90 % |",
-          f"| instruct-edit (held-out edits; DDIM 50, CFG {SCALE}, image CFG 1.5) | edited attribute matches | {e['edited']} % | 85 % |",
+          f"| instruct-edit (held-out edits; DDIM 50, CFG {SCALE}, image CFG {IMAGE_SCALE}) | edited attribute matches | {e['edited']} % | 85 % |",
           f"| | untouched attributes kept | {e['untouched_kept']} % | 90 % |", "", END]
     return "\n".join(L) + "\n"
 

@@ -2,7 +2,7 @@
 deterministic checker (sdcli.demo.checker) reads the pictures back. Random weights could pass none of these:
 a swapped prompt and negative prompt, a CFG sign error, an inpaint of the wrong side, a broken scheduler.
 
-Settings: the demo preset (64 px, DDIM, CFG 7.5) at 20 steps, a handful of prompts per test."""
+Settings: the demo preset (64 px, DDIM, CFG 4) at 20 steps, a handful of prompts per test."""
 
 from __future__ import annotations
 
@@ -224,6 +224,21 @@ def test_inpaint_changes_only_the_masked_area(sdcli, tmp_path):
         assert (np.abs(inside - green).sum(-1) < 90).mean() > 0.05  # some of the prompt's green inside
 
 
+def test_inpaint_paints_the_prompts_background_inside_the_mask(sdcli, tmp_path):
+    """The right half masked, a new background asked for: the masked half takes the prompt's colour (the
+    9-channel demo inpainting model: 100 % on held-out scenes, BENCHMARKS.md), the left half keeps the old one."""
+    src = scene_file(tmp_path, "src.png", shape="circle", color="white", bg="blue", size="small", pos="left")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    ims = run_images(sdcli, tmp_path, "inpaint", "--image", src, "--mask", tmp_path / "mask.png",
+                     "--prompt", "a white circle on an orange background", *STEPS)
+    for im in ims:
+        px = np.asarray(im, np.int16)
+        assert checker.nearest_color(np.median(px[:, 40:].reshape(-1, 3), 0)) == "orange"
+        assert checker.nearest_color(np.median(px[:, :24].reshape(-1, 3), 0)) == "blue"
+
+
 def test_depth2img_follows_the_given_depth_map(sdcli, tmp_path):
     """The silhouette comes from the depth map, the colours from the prompt."""
     src = scene_file(tmp_path, "src.png", shape="star", color="white", bg="black", size="large", pos="top left")
@@ -247,13 +262,19 @@ def test_demo_depth2img_without_a_depth_map_is_refused(sdcli, tmp_path):
     assert r.one_error(2, "--depth-map") and r.loads == 0
 
 
-def test_instruct_edit_runs_on_the_demo_model(sdcli, tmp_path):
-    """The edit model is weak (see BENCHMARKS.md): this checks that it runs and changes the picture."""
+@pytest.mark.parametrize("edit, changed", [
+    ("change the background to cyan", {"bg": "cyan"}),
+    ("make the square red", {"color": "red"}),
+])
+def test_instruct_edit_changes_what_it_is_told_and_keeps_the_rest(sdcli, tmp_path, edit, changed):
+    """A large yellow square on purple: the instruction's attribute changes, the others stay (the demo preset's
+    image CFG 2.5). Random weights, a swapped text/image guidance or an unused source image would fail it."""
     src = scene_file(tmp_path, "src.png")
-    ims = run_images(sdcli, tmp_path, "instruct-edit", "--input", src, "--edit", "change the background to yellow",
-                     "--steps", 20, "--seed", 1)
-    before = np.asarray(Image.open(src).convert("RGB"), float)
-    assert all(np.abs(np.asarray(im, float) - before).mean() > 5 for im in ims)
+    ims = run_images(sdcli, tmp_path, "instruct-edit", "--input", src, "--edit", edit, *STEPS, "--seed", 1)
+    want = {"shape": "square", "color": "yellow", "bg": "purple", **changed}
+    found = [checker.measure(im) for im in ims]
+    hits = [all(m.get(k) == v for k, v in want.items()) for m in found]
+    assert sum(hits) >= 3, found  # 3 of 4 (held-out rate: 85 % edited, 80 % of the rest kept; BENCHMARKS.md)
 
 
 # ------------------------------------------------------------------------------------------------ training

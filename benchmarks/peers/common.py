@@ -20,13 +20,8 @@ PEERS = ("optimum", "sdcpp")
 HERE = Path(__file__).resolve().parent  # benchmarks/peers
 
 
-def cache_base() -> Path:
-    """$SDCLI_BENCH_CACHE, else $XDG_CACHE_HOME/sdcli/bench (as benchmarks/build_sd15.py)."""
-    base = os.environ.get("SDCLI_BENCH_CACHE")
-    if base:
-        return Path(base).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(xdg) / "sdcli" / "bench"
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: build_sd15 (standard library at import) knows the cache
+from build_sd15 import cache_base  # noqa: E402  ($SDCLI_BENCH_CACHE, else $XDG_CACHE_HOME/sdcli/bench)
 
 
 def peers_dir() -> Path:
@@ -95,3 +90,25 @@ def last_json(text: str) -> Optional[dict]:
             except ValueError:
                 continue
     return None
+
+
+def generation_args(ap, batch_help: str) -> None:
+    """The work every peer runner takes, with the same names and defaults (the section passes them all)."""
+    ap.add_argument("--out", required=True, help="folder for the PNGs (00000.png, 00001.png, ...)")
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1, help=batch_help)
+    ap.add_argument("--seed", type=int, default=42, help="image k uses seed+k [42]")
+    ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+
+
+def save_images(images: list, out: str) -> list[str]:
+    """PIL images -> OUT/00000.png, 00001.png, ... (the names the section compares); their paths."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, im in enumerate(images):
+        paths.append(str(folder / f"{k:05d}.png"))
+        im.save(paths[-1])
+    return paths

@@ -166,15 +166,9 @@ def const_types(xml: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="diffusers SD 1.x folder")
-    ap.add_argument("--out", required=True, help="folder for the PNGs (00000.png, 00001.png, ...)")
     ap.add_argument("--precision", choices=("f32", "bf16"), default="f32", help="INFERENCE_PRECISION_HINT [f32]")
     ap.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="IR weights [fp32]")
-    ap.add_argument("--height", type=int, default=256)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=1, help="images of the prompt (num_images_per_prompt) [1]")
-    ap.add_argument("--seed", type=int, default=42, help="image k uses seed+k [42]")
-    ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    common.generation_args(ap, "images of the prompt (num_images_per_prompt) [1]")
     ap.add_argument("--export-only", action="store_true", help="export (and check) the IR, then stop")
     a = ap.parse_args(argv)
     import openvino as ov
@@ -202,12 +196,7 @@ def main(argv=None) -> int:
     images = pipe(prompt=[a.prompt], negative_prompt=[""], num_inference_steps=a.steps, height=a.height,
                   width=a.width, guidance_scale=7.5, eta=0.0, num_images_per_prompt=a.batch,
                   generator=generators).images
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, im in enumerate(images):
-        paths.append(str(out / f"{k:05d}.png"))
-        im.save(paths[-1])
+    paths = common.save_images(images, a.out)
     gen_s = time.perf_counter() - t
     unet = pipe.unet.request
     hint = unet.get_property("INFERENCE_PRECISION_HINT") if unet is not None else None

@@ -40,14 +40,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="diffusers SD 1.x folder (converted once to a single file)")
     ap.add_argument("--checkpoint", help="an original-LDM .safetensors to use instead of converting --model")
-    ap.add_argument("--out", required=True, help="folder for the PNGs (00000.png, 00001.png, ...)")
     ap.add_argument("--wtype", choices=WTYPES, default="f32", help="weight type sd.cpp converts to at load [f32]")
-    ap.add_argument("--height", type=int, default=256)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=1, help="images (batch_count: one after another) [1]")
-    ap.add_argument("--seed", type=int, default=42, help="image k uses seed+k [42]")
-    ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    common.generation_args(ap, "images (batch_count: one after another) [1]")
     ap.add_argument("--sampler", default="ddim_trailing", help="sd.cpp sample method [ddim_trailing]")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="n_threads [all cores]")
     ap.add_argument("--quiet", action="store_true", help="no sd.cpp log")
@@ -73,12 +67,7 @@ def main(argv=None) -> int:
     images = sd.generate_image(prompt=a.prompt, negative_prompt="", width=a.width, height=a.height, cfg_scale=7.5,
                                sample_method=a.sampler, sample_steps=a.steps, eta=0.0, seed=a.seed,
                                batch_count=a.batch)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, im in enumerate(images):
-        paths.append(str(out / f"{k:05d}.png"))
-        im.save(paths[-1])
+    paths = common.save_images(images, a.out)
     gen_s = time.perf_counter() - t
     if len(paths) != a.batch:
         print(f"sdcpp_run: asked for {a.batch} images, got {len(paths)}", file=sys.stderr)
