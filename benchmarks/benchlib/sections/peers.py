@@ -208,6 +208,24 @@ def _row(key: str, s: Spec, c: dict, base: list[Path], bench: Bench) -> dict:
     return row
 
 
+def verdicts(d: dict) -> list[str]:
+    """Per cell: the fastest entry (whole process, start to last image) and where sdcli's defaults stand."""
+    out = []
+    for c in d["cells"]:
+        ok = [r for r in c["rows"] if r.get("median_s") and not r.get("error")]
+        default = next((r for r in ok if r["key"] == "sdcli-default"), None)
+        if not ok or default is None:
+            continue
+        best = min(ok, key=lambda r: r["median_s"])
+        name = lambda r: r["label"].rsplit(" [", 1)[0]
+        gen = min((r for r in ok if r["per_image_s"]), key=lambda r: _med(r["per_image_s"]))
+        out.append(f"- {c['size']} px, {c['steps']} steps, batch {c['batch']}: fastest process {name(best)} "
+                   f"{fmt_s(best['median_s'])} s; sdcli's defaults {fmt_s(default['median_s'])} s "
+                   f"({default['median_s'] / best['median_s']:.2f}x); fastest generation per image {name(gen)} "
+                   f"{fmt_s(_med(gen['per_image_s']))} s, sdcli's defaults {fmt_s(_med(default['per_image_s']))} s.")
+    return out
+
+
 def _med(xs: list) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
@@ -245,6 +263,7 @@ def render(d: dict) -> list[str]:
                 "of the same cell, over the batch. " + NOISE_NOTE,
                 ["cell", "what", "load s", "gen s / image", "process s", "min / max s", "CPU s", "others' CPU s", "peak RSS",
                  "image vs sdcli fp32", "notes"], rows)
+    L += verdicts(d)
     if d.get("smoke"):
         L.append("- Smoke run: sdcli and the reference script only (the tiny model is no SD 1.x for the peers).")
     for name, p in sorted(d["peers"].items()):
