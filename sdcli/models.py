@@ -223,8 +223,11 @@ def _accepted(cls, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k == "dtype" or k in params}
 
 
-def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: RunConfig):
-    """Load the pipeline (without its built-in safety checker: postprocess runs the checker for all tasks)."""
+def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: RunConfig,
+                  given: Optional[dict] = None):
+    """Load the pipeline (without its built-in safety checker: postprocess runs the checker for all tasks).
+    ``given``: components whose weights are not read, name -> (a weightless module of the model's class and
+    config, which the pipeline is built with; what then takes its place, before anything runs)."""
     quiet_libraries()
     import diffusers
 
@@ -234,6 +237,7 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
         from .concepts import load_vae
 
         kwargs["vae"] = load_vae(cfg, source, dtype)
+    kwargs.update({name: placeholder for name, (placeholder, _) in (given or {}).items()})
     try:
         if source.kind == "single_file":
             if not hasattr(cls, "from_single_file"):
@@ -261,6 +265,8 @@ def load_pipeline(pipeline_class: str, source: Source, device: str, dtype, cfg: 
                     "offline, give --model-config with a local diffusers folder instead)")
         raise ModelUnavailable(f"--model {source.location}: cannot load it as {pipeline_class}: "
                                f"{first_line(e)}{hint}") from e
+    for name, (_, component) in (given or {}).items():
+        setattr(pipe, name, component)
     pipe.set_progress_bar_config(disable=True)
     if cfg.offload == "none":
         pipe = pipe.to(device)

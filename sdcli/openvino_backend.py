@@ -136,11 +136,14 @@ class Converter:
         self.versions = {"openvino": self.ov.get_version(), "torch": torch.__version__,
                          "diffusers": diffusers.__version__}
 
-    def part(self, name: str, module, example: tuple, weights: Optional[str], config: dict, **extra) -> Part:
-        """The part from the cache, else converted, checked against ``module`` and cached."""
+    def key(self, name: str, weights: str, config: dict, **extra) -> str:
+        """The cache key of a part: its weights' sha256, its module's config, ``extra`` (the fused LoRAs) and the
+        converter's versions."""
         config = {k: v for k, v in config.items() if not k.startswith("_")}  # not _name_or_path: where it was
-        key = openvino_cache.key_of({"part": name, "weights": weights or tensor_sha256(module), "config": config,
-                                     **extra, **self.versions})
+        return openvino_cache.key_of({"part": name, "weights": weights, "config": config, **extra, **self.versions})
+
+    def cached(self, name: str, key: str) -> Optional[Part]:
+        """The part from the cache; None when it is not there (a damaged entry is removed, with a warning)."""
         folder = openvino_cache.root() / key
         xml, damaged = openvino_cache.lookup(key, name)
         if xml is not None:
@@ -153,6 +156,14 @@ class Converter:
         if damaged:
             self.warn(f"openvino: the cached {name} in {folder} is damaged ({damaged}); converting it again")
             openvino_cache.discard(key)
+        return None
+
+    def part(self, name: str, module, example: tuple, weights: Optional[str], config: dict, **extra) -> Part:
+        """The part from the cache, else converted, checked against ``module`` and cached."""
+        key = self.key(name, weights or tensor_sha256(module), config, **extra)
+        part = self.cached(name, key)
+        if part is not None:
+            return part
         t0 = time.monotonic()
         model = self.convert(module, example, name)
         diff = self.check(model, module, example, name)
@@ -214,16 +225,19 @@ def swap(pipe, vaes: dict, *, precision: str, source, variant: Optional[str], un
     autoencoders (``encoder``: with an encoder, for the tasks that encode an input image). ``loras``: the
     (sha256, weight) of the LoRAs fused into the UNet, part of its cache key."""
     unet = pipe.unet
-    extra = [k for k in ("time_cond_proj_dim", "addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
+    extra = [] if isinstance(unet, OVUNet) else [k for k in ("time_cond_proj_dim", "addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
              if unet.config.get(k) is not None]
     if extra:
         raise UsageError(f"--backend openvino: this UNet takes extra conditioning ({', '.join(extra)}) that the "
                          "conversion does not carry; use --backend torch")
     conv = Converter(precision, log, warn)
-    pipe.unet = OVUNet(conv.part("unet", _modules(unet=unet), _examples(unet=unet), unet_sha256, dict(unet.config),
-                                 loras=loras), unet.config)
-    swapped = {}
+    if not isinstance(unet, OVUNet):  # (preload: already taken from the cache)
+        pipe.unet = OVUNet(conv.part("unet", _modules(unet=unet), _examples(unet=unet), unet_sha256,
+                                     dict(unet.config), loras=loras), unet.config)
+    swapped = {spec: vae for spec, vae in vaes.items() if isinstance(vae, OVAutoencoder)}
     for spec, vae in vaes.items():
+        if spec in swapped:
+            continue
         weights = vae_sha256(source, variant, spec)
         decode, encode = _modules(vae=vae)
         z, x = _examples(vae=vae)
@@ -231,3 +245,42 @@ def swap(pipe, vaes: dict, *, precision: str, source, variant: Optional[str], un
             conv.part("vae-decoder", decode, z, weights, dict(vae.config)),
             conv.part("vae-encoder", encode, x, weights, dict(vae.config)) if encoder else None, vae.config)
     return swapped
+
+
+def preload(source, variant: Optional[str], precision: str, unet_sha256: Optional[str], encoder: bool,
+            log: Callable[[str], None], warn: Callable[[str], None]) -> Optional[dict]:
+    """A run whose model's UNet and VAE are all in the cache need not read their torch weights (3.4 GB for SD
+    1.5, loaded and then dropped): {name: (a weightless module of the model's class and config, for
+    ``from_pretrained``; its OpenVINO stand-in)}. None when a part is not cached, or the model is not a
+    diffusers folder (or cached hub snapshot) whose weights files are hashed: the run loads and converts as
+    usual. The keys are those ``swap`` computes from the loaded modules (same configs, same hashes)."""
+    vae_weights = vae_sha256(source, variant, None)
+    if source.kind == "single_file" or unet_sha256 is None or vae_weights is None:
+        return None
+    import diffusers
+    from accelerate import init_empty_weights
+
+    try:
+        index = diffusers.DiffusionPipeline.load_config(source.location, local_files_only=True)
+        classes = {name: index[name][1] for name in ("unet", "vae")}
+        if classes != {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}:
+            return None
+        with init_empty_weights():
+            modules = {name: getattr(diffusers, cls).from_config(getattr(diffusers, cls).load_config(
+                source.location, subfolder=name, local_files_only=True)) for name, cls in classes.items()}
+    except Exception:  # no readable config: the usual load says what is wrong
+        return None
+    unet, vae = modules["unet"], modules["vae"]
+    conv = Converter(precision, log, warn)
+    keys = {name: conv.key(name, weights, dict(config), **extra)
+            for name, weights, config, extra in (("unet", unet_sha256, unet.config, {"loras": []}),
+                                                 ("vae-decoder", vae_weights, vae.config, {}),
+                                                 ("vae-encoder", vae_weights, vae.config, {}))[:3 if encoder else 2]}
+    if any(openvino_cache.lookup(key, name)[0] is None for name, key in keys.items()):
+        return None  # missing or damaged: swap converts it (and says why)
+    parts = {name: conv.cached(name, key) for name, key in keys.items()}
+    if any(part is None for part in parts.values()):
+        return None
+    log("openvino: the UNet and VAE come from the cache; their torch weights are not read")
+    return {"unet": (unet, OVUNet(parts["unet"], unet.config)),
+            "vae": (vae, OVAutoencoder(parts["vae-decoder"], parts.get("vae-encoder"), vae.config))}

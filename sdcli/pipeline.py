@@ -55,10 +55,11 @@ class LoadedPipeline:
         self.checker = None
         if cfg.safety_checker:  # first: a missing checker stops the run before the (slow) model load
             self.checker = postprocess.load_safety_checker(cfg.safety_checker_source, p.source, self.device, self.dtype)
-        self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg)
-        concepts.check_geometry(self.pipe, cfg)
         # A1111's "Model hash" (read once per weights file; cached by path, size and mtime)
         self.facts = dataclasses.replace(self.facts, model_sha256=hashes.model_sha256(p.source, getattr(cfg, "variant", None)))
+        given = self.openvino_cached(p, runtime.precision) if self.backend == "openvino" else None
+        self.pipe = models.load_pipeline(p.task.pipeline_class, p.source, self.device, self.dtype, cfg, given)
+        concepts.check_geometry(self.pipe, cfg)
         self.load_concepts(p)
         models.apply_options(self.pipe, cfg, self.device)
         if self.backend == "openvino":
@@ -93,6 +94,17 @@ class LoadedPipeline:
         if not rc.empty:
             self.reporter.info(f"loaded {len(rc.loras)} LoRA(s), {len(rc.embeddings)} embedding(s), {len(rc.vaes)} "
                                f"extra VAE(s) in {time.monotonic() - t0:.1f}s" + (" (LoRAs fused)" if fuse and rc.loras else ""))
+
+    def openvino_cached(self, p: Plan, precision: str):
+        """The UNet and VAE straight from the OpenVINO cache, their torch weights never read (a run without
+        LoRAs or --vae whose parts are all cached); None otherwise."""
+        from . import openvino_backend
+
+        if p.concepts.loras or p.cfg.vae is not None:
+            return None
+        return openvino_backend.preload(p.source, p.cfg.variant, precision, self.facts.model_sha256,
+                                        encoder=p.task.name != "txt2img", log=self.reporter.info,
+                                        warn=self.reporter.warn)
 
     def swap_openvino(self, p: Plan, precision: str) -> None:
         """--backend openvino: the UNet and every VAE of the run replaced by their OpenVINO conversions."""

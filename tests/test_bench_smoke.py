@@ -102,13 +102,14 @@ def _smoke_section(name: str, tiny, tmp_path, heading: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_bench_smoke_peers_and_limits(tiny, tmp_path):
-    """The peers section (issue 14) with the entries that need no peer venv, and the physical limit, which counts
-    the model's FLOPs, measures the CPU's peak and turns the peers' times into fractions of it."""
+def test_bench_smoke_peers_duel_and_limits(tiny, tmp_path):
+    """The peers section (issue 14) with the entries that need no peer venv, the duel (two entries, several runs
+    each), and the physical limit, which counts the model's FLOPs, measures the CPU's peak and turns the peers'
+    times into fractions of it."""
     out = tmp_path / "peers.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "peers,limits",
-         "--model", str(tiny("txt2img")), "--output", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--only", "peers,duel,limits",
+         "--model", str(tiny("txt2img")), "--output", str(out), "--duel-runs", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,3 +128,9 @@ def test_bench_smoke_peers_and_limits(tiny, tmp_path):
     assert {e["label"] for e in lim["entries"]} >= {rows["sdcli"]["label"].rsplit(" [", 1)[0]}
     text = out.read_text()
     assert "## Physical limit" in text and "## Fraction of the limit" in text
+    duel = raw["duel"]
+    assert duel["runs"] == 2 and [r["key"] for r in duel["cells"][0]["rows"]] == duel["pair"]
+    assert all(len(r["seconds"]) == 2 and r["rc"] == [0, 0] for r in duel["cells"][0]["rows"])
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 64 px, 2 steps, batch 1") and "x**" in ln)
+    ratio = duel["cells"][0]["rows"][0]["median_s"] / duel["cells"][0]["rows"][1]["median_s"]
+    assert f"**{ratio:.2f}x**" in line

@@ -60,6 +60,7 @@ def test_txt2img_through_openvino_matches_torch_and_the_second_run_uses_the_cach
     second = run(sdcli, tmp_path / "ov2", "txt2img", tiny(), "--backend", "openvino")
     assert "openvino: unet cached" in second.err and "openvino: vae-decoder cached" in second.err
     assert "converted" not in second.err
+    assert "their torch weights are not read" in second.err and "not read" not in first.err
     assert entries(fresh_cache) == cached  # nothing written again
     assert (pixels(tmp_path / "ov2" / "samples" / "00000.png") == ov_px).all()
     # recorded as device and precision are: manifest line and the PNG's JSON record
@@ -112,14 +113,19 @@ def inputs(tmp_path_factory):
     ("depth2img", ["--image", "in.png", "--depth-map", "depth.png"]),
     ("instruct-edit", ["--image", "in.png", "--prompt", "make it snowy"]),
 ])
-def test_every_image_task_runs_through_openvino_as_through_torch(sdcli, tiny, tmp_path, inputs, task, args):
+def test_every_image_task_runs_through_openvino_as_through_torch(sdcli, tiny, tmp_path, inputs, task, args,
+                                                                 fresh_cache):
     args = [inputs / a if a.endswith(".png") else a for a in args]
     run(sdcli, tmp_path / "torch", task, tiny(task), "--backend", "torch", *args)
     r = run(sdcli, tmp_path / "ov", task, tiny(task), "--backend", "openvino", *args)
-    assert "openvino: vae-encoder" in r.err  # the input image is encoded through OpenVINO too
+    assert "openvino: vae-encoder converted" in r.err  # the input image is encoded through OpenVINO too
     a, b = (pixels(tmp_path / k / "samples" / "00000.png") for k in ("torch", "ov"))
     assert abs(a - b).max() <= MAX_DIFF
     assert manifest(tmp_path / "ov")[0]["backend"] == "openvino"
+    # the second run takes all three parts from the cache without reading the torch UNet and VAE
+    r = run(sdcli, tmp_path / "ov2", task, tiny(task), "--backend", "openvino", *args)
+    assert "openvino: vae-encoder cached" in r.err and "their torch weights are not read" in r.err
+    assert (pixels(tmp_path / "ov2" / "samples" / "00000.png") == b).all()
 
 
 @pytest.mark.parametrize("args, words", [

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--peers-grid", help="peers: cells SIZE:STEPS:BATCH[=entry+entry...], comma-separated [the section's default]")
     ap.add_argument("--peers-entries", help="peers: only these entries, comma-separated [all]")
     ap.add_argument("--peers-runs", type=int, help="peers: runs per entry and cell [1]")
+    ap.add_argument("--duel-grid", help="duel: cells SIZE:STEPS:BATCH, comma-separated [the section's default]")
+    ap.add_argument("--duel-runs", type=int, help="duel: runs per entry and cell [3]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary output folder")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown (--output) from a results JSON")
     a = ap.parse_args(argv)

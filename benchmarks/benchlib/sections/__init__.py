@@ -5,6 +5,6 @@ A section is a module with ``NAME``, ``measure(bench: Bench) -> dict`` (the JSON
 
 from __future__ import annotations
 
-from . import batch, concepts, limits, memory, options, overhead, peers, scaleout, startup
+from . import batch, concepts, duel, limits, memory, options, overhead, peers, scaleout, startup
 
-SECTIONS = {s.NAME: s for s in (startup, overhead, memory, batch, options, concepts, scaleout, peers, limits)}
+SECTIONS = {s.NAME: s for s in (startup, overhead, memory, batch, options, concepts, scaleout, peers, duel, limits)}

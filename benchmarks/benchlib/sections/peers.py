@@ -138,13 +138,16 @@ def _last_line(text: str) -> str:
     return (lines[-1] if lines else "no output")[:300]
 
 
-def measure(bench: Bench) -> dict:
+def measure(bench: Bench, grid: Optional[str] = None, runs: Optional[int] = None) -> dict:
+    """The grid (default: the option, else DEFAULT_GRID) with ``runs`` runs per entry and cell (default: the
+    option, else 1)."""
     bench.ensure_model()
     bench.warm_cache()
     smoke = bench.args.smoke
     allowed = [k for k in option(bench, "entries", ",".join(DEFAULT_ENTRIES)).split(",") if k in ENTRIES]
-    cells = parse_grid(option(bench, "grid", SMOKE_GRID if smoke else DEFAULT_GRID), allowed)
-    runs = int(option(bench, "runs", "1"))
+    grid = grid or option(bench, "grid", SMOKE_GRID if smoke else DEFAULT_GRID)
+    cells = parse_grid(grid, allowed)
+    runs = runs or int(option(bench, "runs", "1"))
     keys = {k for c in cells for k in c["entries"]}
     wanted = {ENTRIES[k][1] for k in keys} - {None}
     peers = {}
@@ -177,8 +180,7 @@ def measure(bench: Bench) -> dict:
             rows.append(_row(k, s, c, base, bench))
         out_cells.append({**{x: c[x] for x in ("name", "size", "steps", "batch")}, "rows": rows,
                           "not_run": [k for k in c["entries"] if k not in run_keys]})
-    return {"runs": runs, "smoke": smoke, "peers": peers, "cells": out_cells,
-            "grid": option(bench, "grid", SMOKE_GRID if smoke else DEFAULT_GRID)}
+    return {"runs": runs, "smoke": smoke, "peers": peers, "cells": out_cells, "grid": grid}
 
 
 def _row(key: str, s: Spec, c: dict, base: list[Path], bench: Bench) -> dict:
