@@ -40,9 +40,9 @@ clean:
 bench-peers-setup:
 	$(PYTHON) benchmarks/peers/setup.py all
 
-# The peers section and the physical limit alone, on their own page (default grid).
+# The peers section, the duel (sdcli default vs OpenVINO bf16) and the physical limit, on their own page.
 bench-peers: install bench-peers-setup
-	$(BIN)/python benchmarks/bench.py --only peers,limits --output /tmp/sdcli-bench-peers.md
+	$(BIN)/python benchmarks/bench.py --only peers,duel,limits --output /tmp/sdcli-bench-peers.md
 
 bench: install
 	-$(PYTHON) benchmarks/peers/setup.py all

@@ -9,7 +9,8 @@ the model loads. Pure: nothing heavy is imported (the openvino package is only l
 - ``auto`` (the default): openvino when the device is the CPU, the UNet is large (``OPENVINO_MIN_UNET_BYTES``:
   SD 1.5 and up; for a small UNet such as the demo model's, converting and compiling cost more than they save),
   the openvino package is installed and nothing in the run needs torch; torch otherwise (the reason is logged).
-  Measured in BENCHMARKS.md ("Peers"): SD 1.5 on this CPU ran 1.7-2.8x faster through OpenVINO.
+  Measured in BENCHMARKS.md ("Peers"): SD 1.5 on this CPU ran 1.6-2.8x faster through OpenVINO (bf16) than on
+  torch in fp32, whole process.
 """
 
 from __future__ import annotations

@@ -225,8 +225,8 @@ def swap(pipe, vaes: dict, *, precision: str, source, variant: Optional[str], un
     autoencoders (``encoder``: with an encoder, for the tasks that encode an input image). ``loras``: the
     (sha256, weight) of the LoRAs fused into the UNet, part of its cache key."""
     unet = pipe.unet
-    extra = [] if isinstance(unet, OVUNet) else [k for k in ("time_cond_proj_dim", "addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
-             if unet.config.get(k) is not None]
+    extra = [k for k in ("time_cond_proj_dim", "addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
+             if not isinstance(unet, OVUNet) and unet.config.get(k) is not None]
     if extra:
         raise UsageError(f"--backend openvino: this UNet takes extra conditioning ({', '.join(extra)}) that the "
                          "conversion does not carry; use --backend torch")
@@ -254,8 +254,10 @@ def preload(source, variant: Optional[str], precision: str, unet_sha256: Optiona
     ``from_pretrained``; its OpenVINO stand-in)}. None when a part is not cached, or the model is not a
     diffusers folder (or cached hub snapshot) whose weights files are hashed: the run loads and converts as
     usual. The keys are those ``swap`` computes from the loaded modules (same configs, same hashes)."""
+    if source.kind == "single_file" or unet_sha256 is None:
+        return None
     vae_weights = vae_sha256(source, variant, None)
-    if source.kind == "single_file" or unet_sha256 is None or vae_weights is None:
+    if vae_weights is None:
         return None
     import diffusers
     from accelerate import init_empty_weights

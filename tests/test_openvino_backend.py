@@ -200,6 +200,11 @@ def test_loras_are_fused_before_conversion_and_are_part_of_the_cache_key(sdcli, 
     assert abs(a - b).max() <= MAX_DIFF
     r = run(sdcli, tmp_path / "ov-half", "txt2img", tiny(), "--backend", "openvino", "--lora", f"{lora}:0.5")
     assert "openvino: unet converted" in r.err and "openvino: vae-decoder cached" in r.err  # another UNet, same VAE
+    # the same LoRA again: its fused UNet is cached, but the torch weights are read (the LoRA's text-encoder side
+    # and the fusing need them)
+    r = run(sdcli, tmp_path / "ov-again", "txt2img", tiny(), "--backend", "openvino", "--lora", lora)
+    assert "openvino: unet cached" in r.err and "converted" not in r.err and "not read" not in r.err
+    assert (pixels(tmp_path / "ov-again" / "samples" / "00000.png") == b).all()
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "x", "lora": f"{lora}:0.5"}) + "\n" + json.dumps({"prompt": "y"}) + "\n")
     r = sdcli("txt2img", "--model", tiny(), *FAST, *ONE, "--from-file", rows, "--backend", "openvino",
